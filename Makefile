@@ -1,0 +1,48 @@
+# golf-recurrence: `make report` (the main job) and `make test` on a fresh machine.
+# Both create or reuse the virtual environment in $(VENV) and install what they need.
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# On a CPU machine torch must be the CPU wheel (a looser spec pulls a multi-GB CUDA build).
+# On a GPU node with torch preinstalled: make VENV_FLAGS=--system-site-packages TORCH_SPEC=
+TORCH_SPEC ?= torch==2.13.0
+VENV_FLAGS ?=
+
+# Keep tool caches inside the repo's ignored folders (CI runs with a clean HOME).
+export MPLCONFIGDIR := $(CURDIR)/.cache/matplotlib
+export TORCHINDUCTOR_CACHE_DIR := $(CURDIR)/.cache/inductor
+export IPYTHONDIR := $(CURDIR)/.cache/ipython
+export JUPYTER_RUNTIME_DIR := $(CURDIR)/.cache/jupyter/runtime
+export PYTHONUNBUFFERED := 1
+
+.PHONY: venv test test-fast lint data report bench clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV_FLAGS) $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || { test -z "$(TORCH_SPEC)" || $(PY) -m pip install -q "$(TORCH_SPEC)"; }
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+# The whole suite, slow end-to-end tests included (CI runs this).
+test: lint
+	$(PY) -m pytest -q
+
+test-fast: lint
+	$(PY) -m pytest -q -m "not slow"
+
+data: venv
+	$(PY) -m golf_core.data prepare
+
+report: venv
+	$(PY) -m golf_core.report
+
+bench: venv
+	$(PY) -m benchmarks.run
+
+clean:
+	rm -rf .cache .pytest_cache .ruff_cache

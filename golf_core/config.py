@@ -1,0 +1,277 @@
+"""Settings as data: model and training configuration, JSON round trip, upstream env names.
+
+Follows the `Hyperparameters` class of upstream parameter-golf `train_gpt.py`: the same fields,
+defaults and UPPER_SNAKE environment variable names (NUM_LAYERS, MODEL_DIM, ...), so an upstream
+user's `NUM_LAYERS=11 torchrun ...` works unchanged. Unlike upstream, configs are frozen
+dataclasses, unknown keys are errors that name the key, and values are type-checked.
+
+Precedence (see `resolve`): explicit overrides (CLI `--set`, papermill) > env vars > JSON file >
+dataclass defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+C = TypeVar("C")
+
+
+class ConfigError(ValueError):
+    """A bad configuration value or key; the message names the key and the source."""
+
+
+# ----------------------------------------------------------------------------- model
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """One GPT; every depth-recurrence variant is a setting here, not a fork of the model.
+
+    The first block of fields is upstream's baseline (names and defaults of `train_gpt.py`).
+    `num_layers` always counts *physical* blocks (distinct weights); the virtual depth the
+    forward pass runs through is derived by the model's layer schedule.
+    """
+
+    # upstream baseline
+    vocab_size: int = 1024
+    num_layers: int = 9
+    model_dim: int = 512
+    num_heads: int = 8
+    num_kv_heads: int = 4
+    mlp_mult: int = 2
+    tie_embeddings: bool = True
+    tied_embed_init_std: float = 0.005
+    logit_softcap: float = 30.0
+    rope_base: float = 10000.0
+    qk_gain_init: float = 1.5
+
+    # which skeleton: "flat" (plain residual stack), "unet" (upstream baseline),
+    # "looped" (PR #325/#363), "rqz" (PR #54). `mini` and `parallel` below compose with these.
+    variant: str = "unet"
+    # U-Net skip weights init: "ones" (upstream code) or "zeros" (one explainer article's claim)
+    skip_init: str = "ones"
+    # per-virtual-layer control tensors (scales, resid_mix, q_gain) where matrices are shared
+    untie_controls: bool = True
+
+    # looped (PR #325/#363): stem -> core of `loop_core` shared blocks x `loop_repeats` -> tail
+    loop_stem: int = 0
+    loop_core: int = 0
+    loop_repeats: int = 1
+    loop_tail: int = 0
+    loop_repeat_embed: bool = False  # per-repeat embeddings [R, d], zero-init
+    loop_adapter_rank: int = 0  # per-(repeat, block) low-rank adapters, up-projection zero-init
+    loop_mlp_only: bool = False  # repeats after the first run the MLP only
+
+    # rqz (PR #54): `rqz_unique` unique layers + one shared layer applied `rqz_k` times
+    rqz_unique: int = 0
+    rqz_k: int = 1
+
+    # mini depth recurrence (PR #1204): these physical layers run twice around the hinge
+    recur_layers: tuple[int, ...] = ()
+    recur_start_step: int = 0  # activation step (0 = from the start)
+    recur_start_frac: float = 0.0  # or a fraction of training (> 0 wins over the step)
+    recur_untie_mlp: bool = False  # repeated pass gets its own MLPs, copied at activation
+
+    # parallel residual lanes (PR #1204, from modded-nanogpt); -1 = off
+    parallel_start_layer: int = -1
+
+
+# ----------------------------------------------------------------------------- training
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run. Defaults are upstream's; `runs_dir`, checkpoints, device and QAT
+    settings are ours."""
+
+    # data (upstream DATA_PATH / TOKENIZER_PATH); "" = the prepared default corpus
+    data_path: str = ""
+    tokenizer_path: str = ""
+    run_name: str = ""  # "" = <date>_<variant>_<tag>_s<seed>
+    runs_dir: str = ""  # "" = <project>/runs
+    tag: str = ""
+    seed: int = 1337
+
+    # schedule (upstream names)
+    iterations: int = 20000
+    warmdown_iters: int = 1200
+    warmup_steps: int = 20  # upstream: compile/priming steps whose updates are discarded
+    train_batch_tokens: int = 524_288
+    train_seq_len: int = 1024
+    max_wallclock_seconds: float = 600.0  # training time only; 0 = no cap
+    val_batch_size: int = 524_288  # tokens per eval batch across ranks
+    val_loss_every: int = 1000
+    train_log_every: int = 200
+
+    # optimizer (upstream names)
+    matrix_lr: float = 0.04
+    scalar_lr: float = 0.04
+    tied_embed_lr: float = 0.05
+    embed_lr: float = 0.6
+    head_lr: float = 0.008
+    muon_momentum: float = 0.95
+    muon_momentum_warmup_start: float = 0.85
+    muon_momentum_warmup_steps: int = 500
+    muon_backend_steps: int = 5
+    beta1: float = 0.9
+    beta2: float = 0.95
+    adam_eps: float = 1e-8
+    grad_clip_norm: float = 0.0
+
+    # ours
+    checkpoint_every: int = 0  # 0 = only at the end
+    device: str = "auto"  # auto | cpu | cuda
+    compile: bool = False
+    autocast: str = "auto"  # auto | bf16 | none
+    eval_stride: int = 0  # 0 = non-overlapping eval; >0 = also a sliding-window eval
+    val_max_tokens: int = 0  # 0 = the whole validation stream
+    random_windows: bool = False  # seeded random windows instead of the contiguous stream
+    qat_mode: str = "none"  # none | noisy | ste
+    qat_bits: int = 8
+    qat_start_frac: float = 0.0
+    qat_modules: str = "all"  # all | core (loop core / shared layers only)
+    export_scheme: str = "int8"  # int8 | int6 | int5 | mixed
+    export_compressor: str = "brotli"  # brotli | zlib | lzma
+
+
+# Upstream env var names. Model fields use the same name upper-cased; a few training fields
+# differ and are listed explicitly.
+_ENV_RENAMES = {"run_name": "RUN_ID"}
+
+
+def env_name(field_name: str) -> str:
+    """The upstream UPPER_SNAKE environment variable for a config field."""
+    return _ENV_RENAMES.get(field_name, field_name.upper())
+
+
+# ----------------------------------------------------------------------------- conversion
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in fields(cls)}
+
+
+def _coerce(value: Any, typ: Any, key: str, source: str) -> Any:
+    """Convert `value` (str from env/CLI, or JSON value) to `typ`; ConfigError naming `key`."""
+    origin = typing.get_origin(typ)
+    try:
+        if typ is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, int) and value in (0, 1):
+                return bool(value)
+            s = str(value).strip().lower()
+            if s in ("1", "true", "yes", "on"):
+                return True
+            if s in ("0", "false", "no", "off"):
+                return False
+            raise ValueError("expected a boolean (1/0/true/false)")
+        if typ is int:
+            if isinstance(value, bool):
+                raise ValueError("expected an integer, got a boolean")
+            if isinstance(value, float):
+                if not value.is_integer():
+                    raise ValueError("expected an integer")
+                return int(value)
+            return int(str(value).strip())
+        if typ is float:
+            if isinstance(value, bool):
+                raise ValueError("expected a number, got a boolean")
+            return float(value)
+        if typ is str:
+            if not isinstance(value, str):
+                raise ValueError(f"expected a string, got {type(value).__name__}")
+            return value
+        if origin is tuple:
+            (inner, _ellipsis) = typing.get_args(typ)
+            if isinstance(value, str):
+                parts = [p for p in value.replace(" ", "").split(",") if p]
+            elif isinstance(value, (list, tuple)):
+                parts = list(value)
+            else:
+                raise ValueError("expected a comma-separated list")
+            return tuple(_coerce(p, inner, key, source) for p in parts)
+        if origin in (typing.Union, types.UnionType):
+            raise TypeError("union fields are not supported")
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{source}: bad value {value!r} for {key!r}: {e}") from None
+    raise ConfigError(f"{source}: unsupported type {typ!r} for {key!r}")
+
+
+def from_dict(cls: type[C], data: Mapping[str, Any], *, source: str = "config") -> C:
+    """Build `cls` from a mapping; unknown keys and bad values raise ConfigError naming them."""
+    return apply_overrides(cls(), data, source=source)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """JSON-ready dict (tuples become lists)."""
+    out = dataclasses.asdict(cfg)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+
+def apply_overrides(cfg: C, overrides: Mapping[str, Any], *, source: str = "overrides") -> C:
+    """A copy of `cfg` with `overrides` applied (strings are parsed to the field's type)."""
+    types_ = _field_types(type(cfg))
+    unknown = sorted(set(overrides) - set(types_))
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown {type(cfg).__name__} key(s) {', '.join(map(repr, unknown))}"
+        )
+    values = {k: _coerce(v, types_[k], k, source) for k, v in overrides.items()}
+    return dataclasses.replace(cfg, **values)
+
+
+def env_overrides(cls: type, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The fields of `cls` set through upstream-style env vars (NUM_LAYERS=11 ...)."""
+    environ = os.environ if environ is None else environ
+    return {f.name: environ[env_name(f.name)] for f in fields(cls) if env_name(f.name) in environ}
+
+
+def parse_set_args(items: list[str] | None) -> dict[str, str]:
+    """`["num_layers=11", "variant=looped"]` -> dict; a malformed item raises ConfigError."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set: expected key=value, got {item!r}")
+        out[key.strip()] = value
+    return out
+
+
+def split_overrides(overrides: Mapping[str, Any]) -> tuple[dict, dict]:
+    """Split a flat mapping into (model keys, train keys); a key in neither raises ConfigError."""
+    model_keys = {f.name for f in fields(ModelConfig)}
+    train_keys = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(overrides) - model_keys - train_keys)
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {', '.join(map(repr, unknown))}")
+    m = {k: v for k, v in overrides.items() if k in model_keys}
+    t = {k: v for k, v in overrides.items() if k in train_keys}
+    return m, t
+
+
+def save_json(path: str | Path, data: Mapping[str, Any]) -> None:
+    """Write JSON atomically (temp name, then rename)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def load_json(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: not valid JSON: {e}") from None

@@ -1,0 +1,41 @@
+"""Project paths from one root.
+
+`PROJECT_ROOT` is the repository (the parent of this package) unless `GOLF_ROOT` names another
+directory; every default path (data, runs, figures, report) hangs off it, so notebooks and
+scripts behave the same whatever directory they were launched from.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def project_root() -> Path:
+    """The root all default paths hang off (`GOLF_ROOT` or the repository)."""
+    env = os.environ.get("GOLF_ROOT")
+    return Path(env).resolve() if env else Path(__file__).resolve().parent.parent
+
+
+PROJECT_ROOT = project_root()
+
+
+def data_dir() -> Path:
+    return project_root() / "data"
+
+
+def default_dataset_dir() -> Path:
+    """Shards + tokenizer + manifest made by `python -m golf_core.data prepare` (default corpus)."""
+    return data_dir() / "sotu_sp1024"
+
+
+def runs_dir() -> Path:
+    return project_root() / "runs"
+
+
+def figures_dir() -> Path:
+    return project_root() / "figures"
+
+
+def report_dir() -> Path:
+    return project_root() / "report"
