@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import re
-import tomllib
+
+import pytest
 
 from conftest import REPO
+
+tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
 
 
 def _name(req: str) -> str:
@@ -14,7 +17,8 @@ def _name(req: str) -> str:
 
 def test_environment_yml_lists_the_same_dependencies_as_pyproject():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    wanted = {_name(r): r for r in project["dependencies"] + project["optional-dependencies"]["dev"]}
+    reqs = project["dependencies"] + project["optional-dependencies"]["dev"]
+    wanted = {_name(r): r for r in reqs}
     text = (REPO / "environment.yml").read_text()
     pip_lines = re.findall(r"^\s+- (\S.*)$", text.split("- pip:", 1)[1], flags=re.M)
     listed = {_name(r): r for r in pip_lines if not r.startswith("-e")}
