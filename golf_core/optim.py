@@ -1,0 +1,276 @@
+"""Optimizers: Muon for block matrices, Adam for everything else, and the LR/momentum schedule.
+
+Follows the optimizer section of upstream parameter-golf `train_gpt.py` (baseline record):
+`zeropower_via_newtonschulz5`, the `Muon` class with its round-robin distributed update,
+the parameter grouping of `main()` (token embedding, untied head, block matrices, scalars and
+control tensors), the Muon momentum warmup and `lr_mul` (linear warmdown over the last
+WARMDOWN_ITERS steps, measured in wallclock when MAX_WALLCLOCK_SECONDS caps the run).
+Muon itself is Keller Jordan's (modded-nanogpt); the quintic coefficients are his.
+
+Unlike upstream, the grouping is a function of parameter *names* over the whole model (not only
+`model.blocks`), so the depth-recurrence variants' extra tensors (repeat embeddings, adapters,
+lane lambdas) land in a group too, and a parameter that would land in two groups or in none is
+an error naming it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from golf_core.config import TrainConfig
+from golf_core.model import CONTROL_PATTERNS
+
+# Quintic Newton–Schulz coefficients from modded-nanogpt: chosen to push singular values into
+# roughly [0.7, 1.2] in 5 steps (steepest slope at 0) rather than to converge exactly to 1.
+NS_COEFFS = (3.4445, -4.7750, 2.0315)
+
+TOKEN_EMBEDDING = "tok_emb.weight"
+GROUPS = ("token", "head", "matrix", "scalar")
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+LM_HEAD = "lm_head.weight"
+
+
+# ----------------------------------------------------------------------------- Muon
+
+
+def newton_schulz5(G: Tensor, steps: int = 5, eps: float = 1e-7) -> Tensor:
+    """Approximately orthogonalize a 2-D matrix (the nearest semi-orthogonal U V^T), in bf16.
+
+    Upstream `zeropower_via_newtonschulz5`: normalize by the Frobenius norm (+eps so a zero
+    gradient stays zero), work on the wide orientation so X @ X.T is the small Gram matrix,
+    iterate X <- a X + (b A + c A^2) X with A = X X^T. Returns a bf16 tensor shaped like G.
+    """
+    if G.ndim != 2:
+        raise ValueError(f"newton_schulz5: expected a 2-D matrix, got shape {tuple(G.shape)}")
+    a, b, c = NS_COEFFS
+    X = G.bfloat16()
+    X /= X.norm() + eps
+    transposed = G.size(0) > G.size(1)
+    if transposed:
+        X = X.T  # (cols, rows): the Gram matrix below is then the smaller side
+    for _ in range(steps):
+        A = X @ X.T
+        B = b * A + c * A @ A
+        X = a * X + B @ X
+    return X.T if transposed else X
+
+
+class Muon(torch.optim.Optimizer):
+    """MomentUm Orthogonalized by Newton–Schulz (upstream `Muon`), for 2-D matrices only.
+
+    Per parameter: buf = momentum*buf + g; Nesterov g = g + momentum*buf; orthogonalize;
+    scale by sqrt(max(1, rows/cols)); p -= lr * update. Under torch.distributed, parameter i's
+    update is computed on rank i % world_size into a flat bf16 buffer, and one all-reduce (SUM)
+    gives every rank every update (the others contribute zeros), as upstream does.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict],
+        lr: float,
+        momentum: float,
+        backend_steps: int,
+        nesterov: bool = True,
+    ) -> None:
+        defaults = dict(lr=lr, momentum=momentum, backend_steps=backend_steps, nesterov=nesterov)
+        super().__init__(params, defaults)
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.ndim != 2:
+                    raise ValueError(f"Muon: parameters must be 2-D, got shape {tuple(p.shape)}")
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        distributed = dist.is_available() and dist.is_initialized()
+        world_size = dist.get_world_size() if distributed else 1
+        rank = dist.get_rank() if distributed else 0
+        for group in self.param_groups:
+            params = group["params"]
+            if not params:
+                continue
+            total = sum(int(p.numel()) for p in params)
+            updates_flat = torch.zeros(total, device=params[0].device, dtype=torch.bfloat16)
+            offset = 0
+            for i, p in enumerate(params):
+                if i % world_size == rank and p.grad is not None:
+                    update = self._update(p, group)
+                    updates_flat[offset : offset + p.numel()] = update.reshape(-1)
+                offset += p.numel()
+            if distributed:
+                dist.all_reduce(updates_flat, op=dist.ReduceOp.SUM)
+            offset = 0
+            for p in params:
+                update = updates_flat[offset : offset + p.numel()].view_as(p).to(dtype=p.dtype)
+                p.add_(update, alpha=-group["lr"])
+                offset += p.numel()
+        return loss
+
+    def _update(self, p: Tensor, group: dict) -> Tensor:
+        """Momentum + Nesterov + orthogonalization for one parameter (bf16, shaped like p)."""
+        g = p.grad
+        state = self.state[p]
+        if "momentum_buffer" not in state:
+            state["momentum_buffer"] = torch.zeros_like(g)
+        buf = state["momentum_buffer"]
+        buf.mul_(group["momentum"]).add_(g)
+        if group["nesterov"]:
+            g = g.add(buf, alpha=group["momentum"])
+        g = newton_schulz5(g, steps=group["backend_steps"])
+        # Scale correction from the Muon reference: tall matrices get sqrt(rows/cols) so the
+        # per-element update size does not shrink with the aspect ratio.
+        g *= max(1, g.size(0) / g.size(1)) ** 0.5
+        return g
+
+
+# ----------------------------------------------------------------------------- grouping
+
+
+def group_parameters(model: nn.Module) -> dict[str, list[tuple[str, Tensor]]]:
+    """Split named parameters into upstream's groups: "token", "head", "matrix", "scalar".
+
+    token = `tok_emb.weight`; head = `lm_head.weight` (untied only); matrix (Muon) = every
+    other 2-D parameter whose name matches no control pattern; scalar (Adam at scalar_lr) =
+    vectors, scalars, >2-D tensors and anything matching a control pattern (skip_weights,
+    resid_mix, q_gain, lane lambdas, repeat embeddings, ...). `named_parameters()` yields a
+    shared (looped) parameter once, under its first name.
+    """
+    groups: dict[str, list[tuple[str, Tensor]]] = {k: [] for k in GROUPS}
+    for full_name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        name = _unwrapped(full_name)
+        if name == TOKEN_EMBEDDING:
+            groups["token"].append((name, p))
+        elif name == LM_HEAD:
+            groups["head"].append((name, p))
+        elif p.ndim == 2 and not any(pat in name for pat in CONTROL_PATTERNS):
+            groups["matrix"].append((name, p))
+        else:
+            groups["scalar"].append((name, p))
+    if not groups["token"]:
+        raise ValueError(f"build_optimizers: model has no parameter named {TOKEN_EMBEDDING!r}")
+    return groups
+
+
+def _unwrapped(name: str) -> str:
+    """The parameter name without DDP (`module.`) / torch.compile (`_orig_mod.`) prefixes."""
+    while name.startswith(_WRAPPER_PREFIXES):
+        name = name.split(".", 1)[1]
+    return name
+
+
+def _check_partition(model: nn.Module, optimizers: list[torch.optim.Optimizer]) -> None:
+    """Every trainable parameter in exactly one optimizer group; errors name the parameter."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    seen: dict[int, int] = {}
+    for k, opt in enumerate(optimizers):
+        for group in opt.param_groups:
+            for p in group["params"]:
+                if id(p) in seen:
+                    raise ValueError(
+                        f"build_optimizers: parameter {names.get(id(p), '?')!r} is in two "
+                        f"optimizers ({type(optimizers[seen[id(p)]]).__name__} and "
+                        f"{type(opt).__name__})"
+                    )
+                seen[id(p)] = k
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in seen]
+    if missing:
+        raise ValueError(f"build_optimizers: parameter(s) in no optimizer: {', '.join(missing)}")
+
+
+def _adam(params: list[Tensor], lr: float, tcfg: TrainConfig) -> torch.optim.Adam:
+    # fused Adam is a CUDA kernel; on CPU the default (foreach/for-loop) path is used
+    fused = bool(params) and all(p.is_cuda for p in params)
+    return torch.optim.Adam(
+        [{"params": params, "lr": lr, "base_lr": lr}],
+        betas=(tcfg.beta1, tcfg.beta2),
+        eps=tcfg.adam_eps,
+        fused=fused,
+    )
+
+
+def build_optimizers(model: nn.Module, tcfg: TrainConfig) -> list[torch.optim.Optimizer]:
+    """Upstream's optimizers: [Adam(token), Adam(head) if untied, Muon(matrices), Adam(scalars)].
+
+    Token LR is `tied_embed_lr` when the embedding is tied (no `lm_head.weight`), else
+    `embed_lr`. Each param group stores `base_lr`; the train loop sets
+    `lr = base_lr * lr_multiplier(...)` (see `apply_schedule`). An empty scalar group is
+    left out.
+    """
+    groups = group_parameters(model)
+    tied = not groups["head"]
+    token_lr = tcfg.tied_embed_lr if tied else tcfg.embed_lr
+    token = [p for _, p in groups["token"]]
+    optimizers: list[torch.optim.Optimizer] = [_adam(token, token_lr, tcfg)]
+    if groups["head"]:
+        optimizers.append(_adam([p for _, p in groups["head"]], tcfg.head_lr, tcfg))
+    if groups["matrix"]:
+        muon = Muon(
+            [p for _, p in groups["matrix"]],
+            lr=tcfg.matrix_lr,
+            momentum=tcfg.muon_momentum,
+            backend_steps=tcfg.muon_backend_steps,
+        )
+        for group in muon.param_groups:
+            group["base_lr"] = tcfg.matrix_lr
+        optimizers.append(muon)
+    if groups["scalar"]:
+        optimizers.append(_adam([p for _, p in groups["scalar"]], tcfg.scalar_lr, tcfg))
+    _check_partition(model, optimizers)
+    return optimizers
+
+
+# ----------------------------------------------------------------------------- schedule
+
+
+def lr_multiplier(step: int, elapsed_ms: float, tcfg: TrainConfig) -> float:
+    """Upstream `lr_mul`: 1 until the warmdown, then linear to 0.
+
+    Without a wallclock cap the warmdown is the last `warmdown_iters` steps. With a cap
+    (`max_wallclock_seconds > 0`) it is the last `warmdown_iters * (mean ms per step so far)`
+    milliseconds before the cap, so the LR reaches 0 exactly when the cap is hit.
+    """
+    if tcfg.warmdown_iters <= 0:
+        return 1.0
+    if tcfg.max_wallclock_seconds <= 0:
+        warmdown_start = max(tcfg.iterations - tcfg.warmdown_iters, 0)
+        if warmdown_start <= step < tcfg.iterations:
+            return max((tcfg.iterations - step) / max(tcfg.warmdown_iters, 1), 0.0)
+        return 1.0
+    cap_ms = 1000.0 * tcfg.max_wallclock_seconds
+    step_ms = elapsed_ms / max(step, 1)
+    warmdown_ms = tcfg.warmdown_iters * step_ms
+    remaining_ms = max(cap_ms - elapsed_ms, 0.0)
+    return remaining_ms / max(warmdown_ms, 1e-9) if remaining_ms <= warmdown_ms else 1.0
+
+
+def muon_momentum_at(step: int, tcfg: TrainConfig) -> float:
+    """Muon momentum warmup: linear from `muon_momentum_warmup_start` to `muon_momentum`."""
+    steps = tcfg.muon_momentum_warmup_steps
+    frac = min(step / steps, 1.0) if steps > 0 else 1.0
+    return (1 - frac) * tcfg.muon_momentum_warmup_start + frac * tcfg.muon_momentum
+
+
+def apply_schedule(
+    optimizers: list[torch.optim.Optimizer], step: int, elapsed_ms: float, tcfg: TrainConfig
+) -> tuple[float, float]:
+    """Set every group's lr (= base_lr * multiplier) and Muon's momentum for `step`.
+
+    Returns (lr multiplier, Muon momentum), as upstream's loop does before `opt.step()`.
+    """
+    mult = lr_multiplier(step, elapsed_ms, tcfg)
+    momentum = muon_momentum_at(step, tcfg)
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["lr"] = group["base_lr"] * mult
+            if isinstance(opt, Muon):
+                group["momentum"] = momentum
+    return mult, momentum
