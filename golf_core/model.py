@@ -101,7 +101,12 @@ class Rotary(nn.Module):
     def forward(
         self, seq_len: int, device: torch.device, dtype: torch.dtype
     ) -> tuple[Tensor, Tensor]:
-        if self._cache is None or self._cache[0] != seq_len or self._cache[1] != device:
+        # A table built under torch.inference_mode (evaluation) is an inference tensor that
+        # autograd refuses to save, so training after an eval must not reuse it.
+        stale = self._cache is not None and (
+            self._cache[2].is_inference() and not torch.is_inference_mode_enabled()
+        )
+        if stale or self._cache is None or self._cache[0] != seq_len or self._cache[1] != device:
             t = torch.arange(seq_len, device=device, dtype=self.inv_freq.dtype)
             freqs = torch.outer(t, self.inv_freq.to(device))  # (T, dim/2)
             self._cache = (seq_len, device, freqs.cos()[None, None], freqs.sin()[None, None])

@@ -178,3 +178,18 @@ def test_control_patterns_start_with_upstreams_list():
         "q_gain", "skip_weight", "skip_weights",
     )  # fmt: skip
     assert CONTROL_PATTERNS[: len(upstream_list)] == upstream_list
+
+
+def test_training_after_an_inference_mode_eval_reuses_no_inference_rotary_table():
+    """evaluate_bpb runs under torch.inference_mode; the rotary cache it fills must not leak
+    into the next training step (autograd cannot save inference tensors)."""
+    from golf_core.model import GPT, preset
+
+    torch.manual_seed(0)
+    model = GPT(preset("unet", num_layers=2, model_dim=32, num_heads=2, num_kv_heads=1))
+    ids = torch.randint(0, 1024, (2, 16))
+    with torch.inference_mode():
+        model(ids)
+    loss = model(ids, ids)  # fp32: the cached table would be used as is
+    loss.backward()
+    assert model.blocks[0].attn.c_q.weight.grad is not None
