@@ -38,8 +38,12 @@ test-fast: lint
 data: venv
 	$(PY) -m golf_core.data prepare
 
+# REPORT_SCALE: cpu (default, ~15 min here), ci (tiny, ~2-4 min) or gpu (upstream sizes, with
+# REPORT_ARGS="--data-path DIR --tokenizer-path FILE --nproc 8"). See report/README.md.
+REPORT_SCALE ?= cpu
+REPORT_ARGS ?=
 report: venv
-	$(PY) -m golf_core.report
+	$(PY) -m golf_core.report --scale $(REPORT_SCALE) $(REPORT_ARGS)
 
 bench: venv
 	$(PY) -m benchmarks.run

