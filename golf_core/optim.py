@@ -11,6 +11,10 @@ Unlike upstream, the grouping is a function of parameter *names* over the whole 
 `model.blocks`), so the depth-recurrence variants' extra tensors (repeat embeddings, adapters,
 lane lambdas) land in a group too, and a parameter that would land in two groups or in none is
 an error naming it.
+
+Also unlike upstream (a speed change, not a semantic one): Muon stacks the same-shape matrices
+a rank owns and runs Newton–Schulz on each stack as one batch of matmuls; the updates are
+bit-identical to upstream's per-matrix loop on this CPU (benchmarks/results/optimizations.md).
 """
 
 from __future__ import annotations
@@ -46,17 +50,39 @@ def newton_schulz5(G: Tensor, steps: int = 5, eps: float = 1e-7) -> Tensor:
     """
     if G.ndim != 2:
         raise ValueError(f"newton_schulz5: expected a 2-D matrix, got shape {tuple(G.shape)}")
-    a, b, c = NS_COEFFS
-    X = G.bfloat16()
-    X /= X.norm() + eps
     transposed = G.size(0) > G.size(1)
-    if transposed:
-        X = X.T  # (cols, rows): the Gram matrix below is then the smaller side
-    for _ in range(steps):
-        A = X @ X.T
-        B = b * A + c * A @ A
-        X = a * X + B @ X
+    X = _newton_schulz_wide((G.T if transposed else G).bfloat16()[None], steps, eps)[0]
     return X.T if transposed else X
+
+
+def newton_schulz5_batched(Gs: list[Tensor], steps: int = 5, eps: float = 1e-7) -> list[Tensor]:
+    """`newton_schulz5` of each matrix, the same-shape ones (up to transposition) stacked and
+    iterated as one batch of matmuls: bit-identical to the one-at-a-time loop here (same ops in
+    the same order, per-matrix norms), and on a CPU or GPU a few large matmuls instead of many
+    small ones (benchmarks/results/optimizations.md has the measurement)."""
+    buckets: dict[tuple[int, int], list[int]] = {}
+    for i, G in enumerate(Gs):
+        if G.ndim != 2:
+            raise ValueError(f"newton_schulz5: expected a 2-D matrix, got shape {tuple(G.shape)}")
+        buckets.setdefault((min(G.shape), max(G.shape)), []).append(i)
+    out: list[Tensor] = [torch.empty(0)] * len(Gs)
+    for idx in buckets.values():
+        wide = [Gs[i].T if Gs[i].size(0) > Gs[i].size(1) else Gs[i] for i in idx]
+        X = _newton_schulz_wide(torch.stack(wide).bfloat16(), steps, eps)  # (N, rows, cols)
+        for j, i in enumerate(idx):
+            out[i] = X[j].T if Gs[i].size(0) > Gs[i].size(1) else X[j]
+    return out
+
+
+def _newton_schulz_wide(X: Tensor, steps: int, eps: float) -> Tensor:
+    """The iteration on a (N, rows, cols) bf16 batch with rows <= cols."""
+    a, b, c = NS_COEFFS
+    X = X / (X.norm(dim=(-2, -1), keepdim=True) + eps)  # per-matrix Frobenius norm
+    for _ in range(steps):
+        A = X @ X.mT  # (N, rows, rows): the small Gram matrix
+        B = b * A + c * A @ A  # upstream's op order, so the bf16 roundings match it exactly
+        X = a * X + B @ X
+    return X
 
 
 class Muon(torch.optim.Optimizer):
@@ -96,38 +122,38 @@ class Muon(torch.optim.Optimizer):
             params = group["params"]
             if not params:
                 continue
-            total = sum(int(p.numel()) for p in params)
-            updates_flat = torch.zeros(total, device=params[0].device, dtype=torch.bfloat16)
-            offset = 0
-            for i, p in enumerate(params):
-                if i % world_size == rank and p.grad is not None:
-                    update = self._update(p, group)
-                    updates_flat[offset : offset + p.numel()] = update.reshape(-1)
-                offset += p.numel()
+            offsets = [0]
+            for p in params:
+                offsets.append(offsets[-1] + p.numel())
+            updates_flat = torch.zeros(offsets[-1], device=params[0].device, dtype=torch.bfloat16)
+            # round robin: parameter i is orthogonalized on rank i % world_size only
+            mine = [i for i, p in enumerate(params)
+                    if i % world_size == rank and p.grad is not None]
+            for i, update in zip(mine, self._updates([params[i] for i in mine], group)):
+                updates_flat[offsets[i] : offsets[i + 1]] = update.reshape(-1)
             if distributed:
                 dist.all_reduce(updates_flat, op=dist.ReduceOp.SUM)
-            offset = 0
-            for p in params:
-                update = updates_flat[offset : offset + p.numel()].view_as(p).to(dtype=p.dtype)
+            for i, p in enumerate(params):
+                update = updates_flat[offsets[i] : offsets[i + 1]].view_as(p).to(dtype=p.dtype)
                 p.add_(update, alpha=-group["lr"])
-                offset += p.numel()
         return loss
 
-    def _update(self, p: Tensor, group: dict) -> Tensor:
-        """Momentum + Nesterov + orthogonalization for one parameter (bf16, shaped like p)."""
-        g = p.grad
-        state = self.state[p]
-        if "momentum_buffer" not in state:
-            state["momentum_buffer"] = torch.zeros_like(g)
-        buf = state["momentum_buffer"]
-        buf.mul_(group["momentum"]).add_(g)
-        if group["nesterov"]:
-            g = g.add(buf, alpha=group["momentum"])
-        g = newton_schulz5(g, steps=group["backend_steps"])
+    def _updates(self, params: list[Tensor], group: dict) -> list[Tensor]:
+        """Momentum + Nesterov + orthogonalization for the parameters this rank owns (bf16,
+        shaped like each p); same-shape matrices share one batched Newton–Schulz."""
+        grads = []
+        for p in params:
+            state = self.state[p]
+            if "momentum_buffer" not in state:
+                state["momentum_buffer"] = torch.zeros_like(p.grad)
+            buf = state["momentum_buffer"]
+            buf.mul_(group["momentum"]).add_(p.grad)
+            grads.append(p.grad.add(buf, alpha=group["momentum"]) if group["nesterov"] else buf)
+        updates = newton_schulz5_batched(grads, steps=group["backend_steps"])
         # Scale correction from the Muon reference: tall matrices get sqrt(rows/cols) so the
         # per-element update size does not shrink with the aspect ratio.
-        g *= max(1, g.size(0) / g.size(1)) ** 0.5
-        return g
+        return [g * (g.size(0) / g.size(1)) ** 0.5 if g.size(0) > g.size(1) else g
+                for g in updates]
 
 
 # ----------------------------------------------------------------------------- grouping

@@ -1,0 +1,157 @@
+"""benchmarks/: the FLOP count against hand computations, the runner end to end on a tiny
+model, its argument errors, and batched Newton-Schulz (what Muon runs) against the per-matrix
+loop, alone and under a simulated two-rank round robin."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from benchmarks import run
+from benchmarks.flops import matmul_flops_per_token, matmul_params_per_token
+from golf_core.model import GPT, preset
+from golf_core.optim import Muon, newton_schulz5, newton_schulz5_batched
+
+# d=32, 2 heads / 1 KV head (head dim 16, kv dim 16), mlp_mult 2, vocab 64
+TINY = dict(model_dim=32, num_heads=2, num_kv_heads=1, mlp_mult=2, vocab_size=64)
+# one block's matmul weights: c_q 32x32, c_k 16x32, c_v 16x32, proj 32x32, fc 64x32, proj 32x64
+BLOCK = 32 * 32 + 16 * 32 + 16 * 32 + 32 * 32 + 64 * 32 + 32 * 64
+HEAD = 64 * 32  # the tied LM head
+SEQ = 16
+
+
+# ----------------------------------------------------------------------------- FLOPs
+
+
+def test_flat_model_flops_are_six_n_plus_twelve_l_d_t():
+    model = GPT(preset("flat", num_layers=2, **TINY))
+    assert matmul_params_per_token(model) == 2 * BLOCK + HEAD == 16_384
+    assert matmul_flops_per_token(model, SEQ) == 6 * 16_384 + 12 * 2 * 32 * SEQ == 110_592
+
+
+def test_looped_model_counts_a_shared_block_once_per_use():
+    # stem 1 + core 1 x 3 repeats + tail 1: 3 physical blocks, 5 virtual layers
+    model = GPT(preset("looped-3x3", num_layers=3, loop_core=1, **TINY))
+    assert matmul_params_per_token(model) == 5 * BLOCK + HEAD
+    assert matmul_flops_per_token(model, SEQ) == 6 * (5 * BLOCK + HEAD) + 12 * 5 * 32 * SEQ
+
+
+def test_mlp_only_repeats_add_no_attention_flops_and_adapters_count_per_use():
+    cfg = preset("looped-3x3", num_layers=3, loop_core=1, loop_mlp_only=True,
+                 loop_adapter_rank=4, **TINY)
+    model = GPT(cfg)
+    attn = 32 * 32 + 16 * 32 + 16 * 32 + 32 * 32
+    adapters = 3 * (4 * 32 + 32 * 4)  # one (down, up) per repeat of the core block
+    # repeats 2 and 3 of the core run its MLP only
+    assert matmul_params_per_token(model) == 5 * BLOCK - 2 * attn + adapters + HEAD
+    assert matmul_flops_per_token(model, SEQ) == (
+        6 * (5 * BLOCK - 2 * attn + adapters + HEAD) + 12 * 3 * 32 * SEQ)
+
+
+# ----------------------------------------------------------------------------- the runner
+
+TINY_SETS = ["--set", "model_dim=32", "--set", "num_heads=2", "--set", "num_kv_heads=1",
+             "--set", "vocab_size=64", "--set", "train_seq_len=32",
+             "--set", "train_batch_tokens=64", "--set", "num_layers=2"]
+
+
+def test_runner_main_runs_end_to_end_and_writes_the_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    argv = ["--variants", "unet", *TINY_SETS, "--warmup", "0", "--repeat", "1",
+            "--eval-seqs", "2", "--peak-size", "64", "--threads", "1", "--out", str(out)]
+    threads = torch.get_num_threads()
+    assert run.main(argv) == 0
+    assert torch.get_num_threads() == threads  # restored after the run
+    result = json.loads(out.read_text())
+    assert result["machine"]["torch_threads"] == 1
+    assert {"machine", "scale", "sets", "compile", "warmup", "repeat", "peaks_flops",
+            "configs", "train", "eval", "artifact", "load_average"} <= set(result)
+    assert result["sets"]["num_layers"] == "2" and result["configs"]["unet"]["num_layers"] == 2
+    rows = result["train"]
+    assert [(r["variant"], r["dtype"]) for r in rows] == [("unet", "fp32"), ("unet", "bf16")]
+    for r in rows:
+        assert r["tokens_per_step"] == 64 and r["step_ms"] > 0
+        assert r["step_ms"] == pytest.approx(r["forward_ms"] + r["backward_ms"]
+                                             + r["optimizer_ms"])
+        assert r["tokens_per_s"] == pytest.approx(64 / (r["step_ms"] / 1000))
+        assert r["mfu"] == pytest.approx(r["flops_per_token"] * r["tokens_per_s"]
+                                         / result["peaks_flops"][r["dtype"]])
+        assert len(r["samples_ms"]["step"]) == 1
+    assert [e["mode"] for e in result["eval"]] == ["non-overlapping", "sliding stride 8"]
+    assert all(a["bytes"] > 0 for a in result["artifact"])
+    assert not list(tmp_path.glob("*.tmp"))  # written to a temp name, then renamed
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_runner_rejects_an_unknown_variant_with_exit_code_2(capsys):
+    assert run.main(["--variants", "unet,nope"]) == 2
+    assert "--variants: unknown preset(s) ['nope']; known: flat, unet" in capsys.readouterr().err
+
+
+def test_runner_rejects_a_set_that_breaks_the_variant_naming_it(capsys):
+    assert run.main(["--variants", "looped-3x3", "--set", "num_layers=3"]) == 2
+    assert "variant 'looped-3x3'" in capsys.readouterr().err
+    assert run.main(["--set", "num_layers"]) == 2
+    assert "--set: expected key=value, got 'num_layers'" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- batched NS
+
+# as tests/test_optim.py: 4 bf16 ulps at the outputs' magnitude (identical on this CPU build)
+NS_ATOL = 4 * 2**-9
+SHAPES = [(16, 24), (24, 16), (16, 24), (8, 8), (24, 16), (8, 8), (5, 7)]
+
+
+def _grads(seed: int) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(s, generator=gen) for s in SHAPES]
+
+
+def test_batched_newton_schulz_equals_the_per_matrix_loop():
+    grads = _grads(0)
+    for got, g in zip(newton_schulz5_batched(grads), grads, strict=True):
+        want = newton_schulz5(g)
+        assert got.shape == g.shape and got.dtype == torch.bfloat16
+        torch.testing.assert_close(got.float(), want.float(), atol=NS_ATOL, rtol=0)
+    with pytest.raises(ValueError, match=r"expected a 2-D matrix, got shape \(2, 3, 4\)"):
+        newton_schulz5_batched([torch.zeros(2, 3), torch.zeros(2, 3, 4)])
+
+
+def test_round_robin_muon_with_batching_equals_single_process(monkeypatch):
+    steps = [_grads(s) for s in (1, 2, 3)]
+    single = [torch.nn.Parameter(torch.zeros(s)) for s in SHAPES]
+    ranks = {r: [torch.nn.Parameter(torch.zeros(s)) for s in SHAPES] for r in (0, 1)}
+    opts = {r: Muon(ranks[r], lr=0.04, momentum=0.95, backend_steps=5) for r in (0, 1)}
+    ref = Muon(single, lr=0.04, momentum=0.95, backend_steps=5)
+    sent: list[torch.Tensor] = []
+
+    def fake_all_reduce(t: torch.Tensor, op=None) -> None:
+        if rank["now"] == 1:
+            sent.append(t.clone())  # rank 1 contributes its matrices' updates ...
+        else:
+            t += sent.pop()  # ... and rank 0 receives them in its sum
+
+    rank = {"now": 0}
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(dist, "get_rank", lambda: rank["now"])
+    monkeypatch.setattr(dist, "all_reduce", fake_all_reduce)
+    for grads in steps:
+        for r in (1, 0):
+            rank["now"] = r
+            for p, g in zip(ranks[r], grads):
+                p.grad = g.clone()
+            opts[r].step()
+        with monkeypatch.context() as m:
+            m.setattr(dist, "is_initialized", lambda: False)
+            for p, g in zip(single, grads):
+                p.grad = g.clone()
+            ref.step()
+    for got, want in zip(ranks[0], single, strict=True):
+        assert torch.equal(got, want)
+    for r in (0, 1):  # each rank keeps momentum only for the matrices it owns
+        owned = [i for i, p in enumerate(ranks[r]) if "momentum_buffer" in opts[r].state[p]]
+        assert owned == [i for i in range(len(SHAPES)) if i % 2 == r]
