@@ -144,11 +144,18 @@ class TrainConfig:
     val_max_tokens: int = 0  # 0 = the whole validation stream
     random_windows: bool = False  # seeded random windows instead of the contiguous stream
     qat_mode: str = "none"  # none | noisy | ste
-    qat_bits: int = 8
+    qat_bits: int = 0  # 0 = the export's bits per tensor (QAT matched to the export)
     qat_start_frac: float = 0.0
     qat_modules: str = "all"  # all | core (loop core / shared layers only)
     export_scheme: str = "int8"  # int8 | int6 | int5 | mixed
     export_compressor: str = "brotli"  # brotli | zlib | lzma
+    # float tensors with at most this many elements are stored unquantized (upstream's int8
+    # rule: 65,536). At upstream width every block matrix is larger; at the cpu scale's width
+    # every matrix is smaller, so the cpu scale sets 0 to quantize what upstream quantizes.
+    # Control tensors (CONTROL_PATTERNS) are never quantized. QAT follows the same rule.
+    export_keep_float_max_numel: int = 65_536
+    keep_checkpoints: int = 2  # newest checkpoints kept on disk; 0 = keep every one
+    threads: int = 0  # CPU torch threads per process; 0 = cores / processes on this node
 
 
 # Upstream env var names. Model fields use the same name upper-cased; a few training fields
@@ -316,6 +323,9 @@ SCALES: dict[str, dict[str, Any]] = {
         "val_max_tokens": 32_768,  # 127 sequences: ~1 s per eval, enough to rank runs
         "val_batch_size": 16_384,
         "muon_momentum_warmup_steps": 50,  # upstream's 500 of 20000 would never finish here
+        # quantize every matrix, as upstream's 65,536-element rule does at width 512 (here
+        # every matrix is under 65,536 elements and would otherwise stay float)
+        "export_keep_float_max_numel": 0,
     },
 }
 

@@ -107,10 +107,26 @@ def pick_autocast(device: torch.device, preference: str) -> tuple[torch.dtype | 
     return None, "auto on CPU: fp32"
 
 
+def pick_cpu_threads(requested: int, local_world: int) -> tuple[int, str]:
+    """torch threads for one CPU process: `requested`, or the node's cores split among its
+    processes (torch's default of one thread per core in every process oversubscribes the
+    cores under torchrun, and an oversubscribed 2-core VM ran 3-17x slower: see
+    benchmarks/results/optimizations.md)."""
+    if requested < 0:
+        raise ConfigError(f"threads: {requested} must be >= 0 (0 = automatic)")
+    if requested:
+        return requested, f"threads={requested} requested"
+    cores = os.cpu_count() or 1
+    n = max(1, cores // max(local_world, 1))
+    return n, f"auto: {cores} cores / {local_world} process(es) on this node"
+
+
 def setup_runtime(
-    device: str = "auto", autocast: str = "auto", environ: Mapping[str, str] | None = None
+    device: str = "auto", autocast: str = "auto", environ: Mapping[str, str] | None = None,
+    threads: int = 0,
 ) -> Runtime:
-    """Read torchrun's env, pick device/backend/autocast, init the process group if world > 1."""
+    """Read torchrun's env, pick device/backend/autocast/CPU threads, init the process group
+    if world > 1."""
     environ = os.environ if environ is None else environ
     world = world_size_from_env(environ)
     rank = _env_int(environ, "RANK", 0)
@@ -128,6 +144,10 @@ def setup_runtime(
         if not dist.is_initialized():
             dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
     reasons = {"device": dev_why, "backend": backend_why, "autocast": cast_why}
+    if dev.type == "cpu":
+        local_world = _env_int(environ, "LOCAL_WORLD_SIZE", world)
+        n, reasons["threads"] = pick_cpu_threads(threads, local_world)
+        torch.set_num_threads(n)
     return Runtime(rank, world, local_rank, dev, backend, dtype, reasons)
 
 

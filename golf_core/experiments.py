@@ -78,7 +78,7 @@ SCALES: dict[str, dict[str, Any]] = {
             # 150 steps (not the train scale's 200): 12 runs + notebooks in ~15 minutes
             "iterations": 150, "warmdown_iters": 40, "val_loss_every": 30,
             "train_log_every": 10, "val_max_tokens": 32_768,
-            "export_scheme": "int6", "qat_bits": 6,  # PR #1204's export precision
+            "export_scheme": "int6",  # PR #1204's export precision (QAT follows the export)
         },
         checkpoints=5,  # checkpoints per run where a notebook shows routing over training
         corpus_docs=0,  # 0 = the whole built-in corpus
@@ -93,9 +93,9 @@ SCALES: dict[str, dict[str, Any]] = {
             "train_batch_tokens": 1024, "micro_batch_tokens": 1024, "iterations": 8,
             "warmdown_iters": 3, "val_loss_every": 4, "train_log_every": 2,
             "val_max_tokens": 2048, "val_batch_size": 2048, "muon_momentum_warmup_steps": 4,
-            "export_scheme": "int6", "qat_bits": 6,
+            "export_scheme": "int6",
         },
-        checkpoints=2,
+        checkpoints=4,
         corpus_docs=8,  # a handful of speeches: the tokenizer trains in a second or two
         val_docs=2,
         eval_batch_seqs=16,
@@ -103,7 +103,7 @@ SCALES: dict[str, dict[str, Any]] = {
     "gpu": dict(
         train_scale="upstream",
         seeds=SEEDS,
-        common={"export_scheme": "int6", "qat_bits": 6, "compile": True},
+        common={"export_scheme": "int6", "compile": True},
         checkpoints=5,
         corpus_docs=0,
         val_docs=20,
@@ -189,8 +189,10 @@ def run_matrix(scale: str = "cpu", *, groups: Sequence[str] | str = "all",
         overrides = {**cfg["common"], **entry["set"], "data_path": data, "tokenizer_path": tok,
                      **(extra or {})}
         if entry["checkpoints"]:
+            # every checkpoint kept: the routing notebooks plot how the controls evolve
             overrides["checkpoint_every"] = max(1, overrides["iterations"] // cfg["checkpoints"]
                                                 if "iterations" in overrides else 1000)
+            overrides["keep_checkpoints"] = 0
         digest = _settings_hash(entry["preset"], overrides, cfg["train_scale"])
         for seed in cfg["seeds"] if entry["seeded"] else cfg["seeds"][:1]:
             specs.append(RunSpec(name=f"{scale}-{label}-s{seed}-{digest}", label=label,
@@ -357,13 +359,10 @@ def hardware_table(specs: Sequence[RunSpec]) -> pd.DataFrame:
 
 
 def _history_files(run_dir: Path) -> list[tuple[int, Path]]:
-    """(step, checkpoint) of every checkpoint kept for the run, linked by golf_core.launch
-    into history/ (train.py itself keeps only its newest two), plus the final model."""
+    """(step, checkpoint) of every checkpoint the run kept (routing runs keep them all)."""
     from golf_core.checkpoint import list_checkpoints
 
-    found = dict(list_checkpoints(run_dir / "history"))
-    found.update(dict(list_checkpoints(run_dir / "checkpoints")))
-    return sorted(found.items())
+    return sorted(list_checkpoints(run_dir / "checkpoints"))
 
 
 def routing_history(specs: Sequence[RunSpec]) -> dict[str, pd.DataFrame]:

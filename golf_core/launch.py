@@ -39,32 +39,6 @@ def child_env() -> dict[str, str]:
     return env
 
 
-def keep_history(run_dir: Path) -> list[Path]:
-    """Hard-link each new `checkpoints/ckpt_<step>.pt` (+ .json) into `history/`.
-
-    train.py keeps only its newest checkpoints (all resume needs); the routing notebooks plot
-    how skip weights and lane lambdas evolve, so every checkpoint is kept here as it appears.
-    A checkpoint file appears complete (written to a temp name, then renamed) and is pruned
-    two checkpoints later; we look after every output line, well within that. Returns the
-    files linked now."""
-    from golf_core.checkpoint import list_checkpoints
-
-    linked = []
-    history = run_dir / "history"
-    for _, ckpt in list_checkpoints(run_dir / "checkpoints"):
-        for src in (ckpt.with_suffix(".json"), ckpt):
-            dst = history / src.name
-            if dst.exists() or not src.exists():
-                continue
-            history.mkdir(exist_ok=True)
-            try:
-                os.link(src, dst)
-            except FileNotFoundError:  # pruned between the listing and the link
-                continue
-            linked.append(dst)
-    return linked
-
-
 def train_command(spec: RunSpec, *, nproc: int = 1, resume: bool = False,
                   python: str = sys.executable) -> list[str]:
     """The command line that trains `spec` with `nproc` processes."""
@@ -93,12 +67,10 @@ def run_one(spec: RunSpec, *, nproc: int = 1, echo: Callable[[str], None] = prin
                 line = line.rstrip("\n")
                 tail.append(line)
                 echo(line)
-                keep_history(spec.run_dir)
         except BaseException:  # e.g. the notebook's kernel interrupted: stop the run too
             proc.terminate()  # torchrun forwards SIGTERM to its workers
             raise
         rc = proc.wait()
-    keep_history(spec.run_dir)
     seconds = time.perf_counter() - t0
     if rc != 0:
         raise LaunchError(

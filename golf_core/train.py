@@ -81,7 +81,6 @@ from golf_core.runs import (
 RESUME_MUTABLE = {"checkpoint_every", "val_loss_every", "train_log_every", "val_batch_size",
                   "device", "compile", "iterations", "max_wallclock_seconds", "runs_dir",
                   "data_path", "tokenizer_path"}
-KEEP_CHECKPOINTS = 2
 
 
 class TrainingError(RuntimeError):
@@ -412,17 +411,24 @@ class Trainer:
         state = self.capture()
         meta = {k: v for k, v in state.items() if isinstance(v, (int, float, bool, str))}
         ckpt.save_checkpoint(self.run_dir / "checkpoints", self.step, state, meta,
-                             keep=KEEP_CHECKPOINTS)
+                             keep=self.tcfg.keep_checkpoints)
 
     # --- switches -----------------------------------------------------------------------
 
     def _enable_qat(self, verb: str = "enabled") -> None:
-        from golf_core.quant import enable_qat
+        from golf_core.quant import enable_qat, resolve_policy
 
         t = self.tcfg
-        names = enable_qat(self.model, t.qat_mode, t.qat_bits, t.qat_modules)
+        # QAT sees the weights the export quantizes, at the export's bits unless qat_bits
+        # asks for other uniform bits
+        policy = resolve_policy(t.export_scheme if t.export_scheme != "upstream" else "int8",
+                                keep_float_max_numel=t.export_keep_float_max_numel)
+        if t.qat_bits > 0:
+            policy = dataclasses.replace(policy, bits=t.qat_bits, rules=())
+        names = enable_qat(self.model, t.qat_mode, modules=t.qat_modules, scheme=policy)
         self.qat_on = True
-        self.log.log(f"qat:{verb} step:{self.step} mode:{t.qat_mode} bits:{t.qat_bits} "
+        bits = t.qat_bits or "export"
+        self.log.log(f"qat:{verb} step:{self.step} mode:{t.qat_mode} bits:{bits} "
                      f"modules:{t.qat_modules} weights:{len(names)}")
         if not names:
             self.log.log("warning: QAT hooked no weight: the export keeps every matrix of this "
@@ -593,7 +599,8 @@ class Trainer:
             torch.save(self.model.state_dict(), tmp)
             os.replace(tmp, self.run_dir / FINAL_MODEL)
             report = artifact_report(self.model.state_dict(), art, scheme=t.export_scheme,
-                                     compressor=t.export_compressor)
+                                     compressor=t.export_compressor,
+                                     keep_float_max_numel=t.export_keep_float_max_numel)
             save_json(self.run_dir / ARTIFACT_REPORT, report)
             self.log.log(f"Serialized model {t.export_scheme}+{report['compressor']}: "
                          f"{report['model_bytes']} bytes")
@@ -800,7 +807,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return config
     check_choices(inv.tcfg)
     plan_batches(inv.tcfg, world_size_from_env(environ))  # before any process group
-    rt = setup_runtime(inv.tcfg.device, inv.tcfg.autocast, environ)
+    rt = setup_runtime(inv.tcfg.device, inv.tcfg.autocast, environ, inv.tcfg.threads)
     try:
         return _run(inv, rt)
     finally:

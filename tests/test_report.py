@@ -119,8 +119,9 @@ def test_routing_runs_keep_every_checkpoint_for_the_evolution_plots(ci_report, m
     root, proc = ci_report
     monkeypatch.setenv("GOLF_ROOT", str(root))
     (spec,) = experiments.select(experiments.run_matrix("ci"), labels=["unet"])
-    kept = sorted(p.name for p in (spec.run_dir / "history").glob("*.pt"))
-    assert kept == ["ckpt_000004.pt", "ckpt_000008.pt"]
+    kept = sorted(p.name for p in (spec.run_dir / "checkpoints").glob("*.pt"))
+    # more than train.py's default of the newest two: the matrix sets keep_checkpoints=0
+    assert kept == ["ckpt_000002.pt", "ckpt_000004.pt", "ckpt_000006.pt", "ckpt_000008.pt"]
 
 
 # ----------------------------------------------------------------------------- failures

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 import re
 import shutil
 from pathlib import Path
@@ -348,3 +349,40 @@ def test_a_wallclock_cap_stops_training_with_the_lr_warmed_down_to_near_zero(tmp
 def test_a_bad_environment_value_names_the_upstream_variable():
     with pytest.raises(ConfigError, match=r"environment NUM_LAYERS: bad value 'x' for 'num_lay"):
         resolve(environ={"NUM_LAYERS": "x"})
+
+
+def test_the_export_threshold_quantizes_small_matrices_and_qat_follows_it(tmp_path, data_dir):
+    """At tiny widths every matrix is under upstream's 65,536-element passthrough size, so
+    the default export stores them in fp16 and QAT hooks nothing; with the threshold at 0 the
+    int6 export quantizes every matrix (a real roundtrip gap, a smaller file) and noisy QAT
+    hooks the weights the export quantizes."""
+    common = dict(iterations=12, warmdown_iters=4, val_loss_every=12, train_log_every=4,
+                  export_scheme="int6", qat_mode="noisy", checkpoint_every=4,
+                  keep_checkpoints=0)
+    default = main(["--config", str(tiny_config(tmp_path, data_dir, **common)),
+                    "--set", "tag=keepfloat"], environ={})
+    quantized = main(["--config", str(tiny_config(tmp_path, data_dir, **common,
+                                                  export_keep_float_max_numel=0)),
+                      "--set", "tag=quantall"], environ={})
+    log_default = (Path(default["run_dir"]) / "train.log").read_text()
+    log_quant = (Path(quantized["run_dir"]) / "train.log").read_text()
+    assert "weights:0" in log_default and "QAT hooked no weight" in log_default
+    hooked = int(log_quant.split("modules:all weights:", 1)[1].split()[0])
+    assert hooked == 2 * 6  # 2 blocks x (c_q, c_k, c_v, proj, fc, mlp proj); tok_emb is no Linear
+    assert quantized["artifact_bytes"] < 0.6 * default["artifact_bytes"]
+    assert abs(default["bpb_gap"]) < 1e-3 < abs(quantized["bpb_gap"])
+    report = json.loads((Path(quantized["run_dir"]) / "artifact_report.json").read_text())
+    assert report["keep_float_max_numel"] == 0 and report["scheme"] == "int6"
+    ckpts = sorted(p.name for p in (Path(quantized["run_dir"]) / "checkpoints").glob("*.pt"))
+    assert ckpts == ["ckpt_000004.pt", "ckpt_000008.pt", "ckpt_000012.pt"]  # keep_checkpoints=0
+
+
+def test_cpu_threads_split_the_cores_among_the_processes_of_a_node():
+    from golf_core.distributed import pick_cpu_threads
+
+    cores = os.cpu_count() or 1
+    assert pick_cpu_threads(0, 1)[0] == cores
+    assert pick_cpu_threads(0, cores * 2)[0] == 1
+    assert pick_cpu_threads(3, 2) == (3, "threads=3 requested")
+    with pytest.raises(ConfigError, match="threads: -1 must be >= 0"):
+        pick_cpu_threads(-1, 1)

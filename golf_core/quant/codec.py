@@ -14,6 +14,7 @@ pattern. Control and small tensors are kept exactly as upstream keeps them.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -93,12 +94,20 @@ SCHEMES: dict[str, QuantPolicy] = {
 }
 
 
-def resolve_policy(scheme: str | QuantPolicy) -> QuantPolicy:
+def resolve_policy(
+    scheme: str | QuantPolicy, *, keep_float_max_numel: int | None = None
+) -> QuantPolicy:
+    """The policy of a scheme name (or the policy itself); `keep_float_max_numel` replaces
+    its small-tensor threshold (None keeps it)."""
     if isinstance(scheme, QuantPolicy):
-        return scheme
-    if scheme not in SCHEMES:
+        policy = scheme
+    elif scheme not in SCHEMES:
         raise ValueError(f"unknown quantization scheme {scheme!r}; known: {', '.join(SCHEMES)}")
-    return SCHEMES[scheme]
+    else:
+        policy = SCHEMES[scheme]
+    if keep_float_max_numel is None:
+        return policy
+    return dataclasses.replace(policy, keep_float_max_numel=keep_float_max_numel)
 
 
 def _rows(t: Tensor) -> Tensor:

@@ -22,7 +22,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from golf_core.model import CONTROL_PATTERNS
-from golf_core.quant.codec import QuantPolicy, dequantize_state_dict, quantize_state_dict
+from golf_core.quant.codec import (
+    QuantPolicy,
+    dequantize_state_dict,
+    quantize_state_dict,
+    resolve_policy,
+)
 from golf_core.quant.container import _compress, _shuffle, load_artifact, save_artifact
 from golf_core.quant.qat import disable_qat
 from golf_core.quant.upstream import quantize_state_dict_int8, save_upstream_int8
@@ -119,23 +124,29 @@ def artifact_report(
     scheme: str | QuantPolicy = "int8",
     compressor: str = "brotli",
     code_files: tuple[str, ...] = CODE_FILES,
+    keep_float_max_numel: int | None = None,
 ) -> dict[str, Any]:
     """Write the artifact to `path` and account for it against the 16,000,000-byte budget.
 
-    `scheme="upstream"` writes upstream's zlib `.int8.ptz` (then `compressor` is zlib);
-    otherwise our container with `scheme` and `compressor`. Returns model/code/total bytes,
-    headroom (negative = over budget), per-file code bytes and per-group bytes.
+    `scheme="upstream"` writes upstream's zlib `.int8.ptz` (then `compressor` is zlib, and
+    upstream's own 65,536-element rule applies); otherwise our container with `scheme` and
+    `compressor`, `keep_float_max_numel` replacing the scheme's small-tensor threshold.
+    Returns model/code/total bytes, headroom (negative = over budget), per-file code bytes
+    and per-group bytes.
     """
     sd = _state_dict(state_dict_or_model)
+    name = scheme if isinstance(scheme, str) else repr(scheme)
     if scheme == "upstream":
         model_bytes, compressor = save_upstream_int8(sd, path), "zlib"
     else:
+        scheme = resolve_policy(scheme, keep_float_max_numel=keep_float_max_numel)
         model_bytes = save_artifact(sd, path, scheme, compressor)
     code = code_bytes(code_files)
     total = model_bytes + code["total"]
     return {
         "path": str(path),
-        "scheme": scheme if isinstance(scheme, str) else repr(scheme),
+        "scheme": name,
+        "keep_float_max_numel": None if name == "upstream" else scheme.keep_float_max_numel,
         "compressor": compressor,
         "model_bytes": model_bytes,
         "code_bytes": code["total"],
