@@ -18,6 +18,7 @@ export PYTHONUNBUFFERED := 1
 .PHONY: venv test test-fast lint data report bench clean
 
 venv: $(VENV)/.installed
+	@mkdir -p .cache/matplotlib .cache/inductor .cache/ipython .cache/jupyter/runtime
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV_FLAGS) $(VENV)

@@ -280,9 +280,10 @@ def bpb_vs_size(df: pd.DataFrame, x: str) -> Figure:
 
 def recurrence_error_figure(df: pd.DataFrame) -> Figure:
     """Relative hidden-state error of the quantized model, ||h_q - h|| / ||h||, per virtual
-    layer, one line per setting (e.g. noisy QAT off / on); the repeats of the shared core
-    shaded. Columns: `setting`, `virtual_layer`, `cycle` (repeat index), `rel_error`, and
-    optionally `shared` (the layer's block is re-used; else layers with cycle > 0 are shaded)."""
+    layer, one colour per setting (e.g. noisy QAT off / on) and one line per run (`name`, when
+    given: seeds are separate lines); the repeats of the shared core shaded. Columns:
+    `setting`, `virtual_layer`, `cycle` (repeat index), `rel_error`, and optionally `name` and
+    `shared` (the layer's block is re-used; else layers with cycle > 0 are shaded)."""
     _require(df, ["setting", "virtual_layer", "cycle", "rel_error"], "recurrence_error_figure")
     colors = colors_for(df["setting"])
     with _style():
@@ -295,10 +296,12 @@ def recurrence_error_figure(df: pd.DataFrame) -> Figure:
                        color="grey", alpha=0.08 * (1 + cycle % 2))
             ax.text(sub["virtual_layer"].mean(), 1.0, f"repeat {cycle + 1}", ha="center",
                     va="bottom", fontsize=7, transform=ax.get_xaxis_transform())
-        for setting, sub in df.groupby("setting"):
+        runs = "name" if "name" in df else "setting"
+        for (setting, _run), sub in df.groupby(["setting", runs]):
             s = sub.sort_values("virtual_layer")
+            labelled = setting in {t.get_label() for t in ax.get_lines()}
             ax.plot(s["virtual_layer"], s["rel_error"], marker="o", ms=3, color=colors[setting],
-                    label=setting)
+                    label="_nolegend_" if labelled else setting)
         positive = df["rel_error"] > 0
         if positive.any():
             ax.set_yscale("log")

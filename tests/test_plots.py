@@ -151,3 +151,13 @@ def test_save_figure_needs_the_run_ids_behind_the_figure(tmp_path, runs):
 def test_save_figure_refuses_a_name_that_is_a_path(tmp_path):
     with pytest.raises(ValueError, match="bad figure name"):
         plots.save_figure(FIGURES["train_loss"](), "../loss", runs=["r"], out_dir=tmp_path)
+
+
+def test_recurrence_error_draws_one_line_per_run_and_one_legend_entry_per_setting():
+    two_seeds = pd.concat([_recurrence().assign(name=lambda d, s=seed: d["setting"] + s)
+                           for seed in ("-s1", "-s2")])
+    fig = plots.recurrence_error_figure(two_seeds)
+    ax = fig.axes[0]
+    assert len(ax.get_lines()) == 4  # 2 settings x 2 seeds, none joined across runs
+    assert all(len(line.get_xdata()) == 11 for line in ax.get_lines())
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["no QAT", "noisy QAT"]

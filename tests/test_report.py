@@ -209,3 +209,24 @@ def test_a_failed_run_raises_with_its_last_output_lines(golf_root):
     with pytest.raises(launch.LaunchError, match=rf"(?s)training run {re.escape(spec.name)} "
                                                  r"failed \(exit code 2\).*last lines:.*nowhere"):
         launch.launch([spec], echo=lambda line: None)
+
+
+def test_single_seed_verdicts_are_held_against_the_seed_spread_of_seeded_variants():
+    import pandas as pd
+
+    from golf_core.report import _verdict, seed_noise
+
+    summary = pd.DataFrame({"label": ["flat", "flat", "loop", "loop", "one"],
+                            "val_bpb": [2.120, 2.126, 2.130, 2.138, 2.2]})
+    noise = seed_noise(summary)
+    assert noise == pytest.approx(0.008)
+    one = pd.Series([2.15994]), pd.Series([2.15995])
+    assert _verdict(*one, noise).startswith("no difference beyond seed noise (+0.00001 bpb")
+    far = pd.Series([2.10]), pd.Series([2.15])
+    assert _verdict(*far, noise).startswith("same direction (+0.0500 bpb; 1 seed")
+    assert _verdict(*far[::-1], noise).startswith("opposite direction")
+    seeded = pd.Series([2.10, 2.11]), pd.Series([2.12, 2.13])
+    assert _verdict(*seeded) == "reproduced"
+    assert _verdict(pd.Series([2.10, 2.125]), pd.Series([2.12, 2.13])) == \
+        "same direction, within seed spread"
+    assert seed_noise(summary[summary["label"] == "one"]) == 0.0
