@@ -106,8 +106,9 @@ def _sym_limit(values: np.ndarray) -> float:
 
 
 def skip_weights_evolution(df: pd.DataFrame) -> Figure:
-    """U-Net skip weights (mean over dims) vs training step: one panel per variant, one line
-    per skip. Columns: `variant`, `step`, `skip`, `mean`."""
+    """U-Net skip weights (mean over dims) vs training step: one panel per variant, one colour
+    per skip, one line per run (`seed`, when given: seeds are separate lines). Columns:
+    `variant`, `step`, `skip`, `mean`, optionally `seed`."""
     _require(df, ["variant", "step", "skip", "mean"], "skip_weights_evolution")
     variants = sorted(df["variant"].unique())
     with _style():
@@ -118,10 +119,13 @@ def skip_weights_evolution(df: pd.DataFrame) -> Figure:
         for ax, variant in zip(axes, variants):
             sub = df[df["variant"] == variant]
             for k, skip in enumerate(skips):
-                s = sub[sub["skip"] == skip].sort_values("step")
-                if len(s):
+                runs = sub[sub["skip"] == skip]
+                groups = runs.groupby("seed") if "seed" in runs else [(None, runs)]
+                for i, (_seed, s) in enumerate(groups):
+                    s = s.sort_values("step")
                     ax.plot(s["step"], s["mean"], marker="o", ms=3,
-                            color=cmap(k / max(1, len(skips) - 1)), label=f"skip {skip}")
+                            color=cmap(k / max(1, len(skips) - 1)),
+                            label=f"skip {skip}" if i == 0 else "_nolegend_")
             ax.axhline(0.0, color="grey", lw=0.8)
             ax.set_title(variant)
             ax.set_xlabel("training step")

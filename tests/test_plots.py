@@ -161,3 +161,12 @@ def test_recurrence_error_draws_one_line_per_run_and_one_legend_entry_per_settin
     assert len(ax.get_lines()) == 4  # 2 settings x 2 seeds, none joined across runs
     assert all(len(line.get_xdata()) == 11 for line in ax.get_lines())
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["no QAT", "noisy QAT"]
+
+
+def test_skip_weight_evolution_draws_seeds_as_separate_lines():
+    two_seeds = pd.concat([_skips().assign(seed=s) for s in (1337, 42)])
+    fig = plots.skip_weights_evolution(two_seeds)
+    # the data lines (axhline(0) is a 2-point line)
+    lines = [ln for ln in fig.axes[0].get_lines() if len(ln.get_xdata()) > 2]
+    assert len(lines) == 4 * 2  # 4 skips x 2 seeds
+    assert all(list(ln.get_xdata()) == [0, 50, 100] for ln in lines)
