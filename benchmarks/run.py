@@ -238,26 +238,63 @@ def bench_eval(model: GPT, seq_len: int, device: torch.device, n_seqs: int) -> l
     return rows
 
 
-def bench_artifacts(state_dict: dict) -> list[dict]:
+def bench_artifacts(state_dict: dict, score: Callable[[dict], float] | None = None,
+                    thresholds: tuple[int, ...] = (quant.INT8_KEEP_FLOAT_MAX_NUMEL,)
+                    ) -> list[dict]:
+    """Bytes, encode/decode seconds (and, with `score`, the val_bpb of the dequantized
+    weights) per scheme x compressor x small-tensor threshold, plus upstream's int8+zlib."""
     sd = {k: v.detach().cpu() for k, v in state_dict.items()}
-    rows = []
-    cases = [("upstream int8", "zlib-9", lambda: quant.upstream_int8_bytes(sd))]
-    for scheme in ("int8", "int6", "int5", "mixed"):
-        for comp in ("brotli", "zlib", "lzma"):
-            cases.append((scheme, comp, lambda s=scheme, c=comp: quant.artifact_bytes(sd, s, c)))
+    cases = [("upstream int8", "zlib-9", quant.INT8_KEEP_FLOAT_MAX_NUMEL,
+              lambda: quant.upstream_int8_bytes(sd))]
+    for keep in thresholds:
+        for scheme in ("int8", "int6", "int5", "mixed"):
+            policy = quant.resolve_policy(scheme, keep_float_max_numel=keep)
+            for comp in ("brotli", "zlib", "lzma"):
+                cases.append((scheme, comp, keep,
+                              lambda p=policy, c=comp: quant.artifact_bytes(sd, p, c)))
+    rows, scored = [], {}
     with tempfile.TemporaryDirectory() as tmp:
-        for scheme, comp, encode in cases:
+        for scheme, comp, keep, encode in cases:
             t0 = time.perf_counter()
             blob = encode()
             enc = time.perf_counter() - t0
             path = Path(tmp) / "a.bin"
             path.write_bytes(blob)
             t0 = time.perf_counter()
-            quant.load_artifact(path)
+            loaded = quant.load_artifact(path)
             dec = time.perf_counter() - t0
-            rows.append({"scheme": scheme, "compressor": comp, "bytes": len(blob),
-                         "encode_s": enc, "decode_s": dec})
+            row = {"scheme": scheme, "compressor": comp, "keep_float_max_numel": keep,
+                   "bytes": len(blob), "encode_s": enc, "decode_s": dec}
+            if score is not None:  # same values whatever the compressor: score once
+                key = (scheme, keep)
+                scored[key] = scored[key] if key in scored else score(loaded)
+                row["roundtrip_val_bpb"] = scored[key]
+            rows.append(row)
     return rows
+
+
+def trained_artifacts(run_dir: Path) -> tuple[dict, list[dict]]:
+    """The artifact table for a finished run's weights, each row scored on its val set."""
+    from golf_core.data import load_validation_tokens
+    from golf_core.evaluate import evaluate_bpb, load_byte_tables
+    from golf_core.runs import load_model, load_run
+
+    run = load_run(run_dir)
+    t = run.config["train"]
+    seq = int(t["train_seq_len"])
+    tokens = load_validation_tokens(t["data_path"], seq, int(t.get("val_max_tokens", 0)))
+    tables = load_byte_tables(t["tokenizer_path"], int(run.config["model"]["vocab_size"]))
+    model = load_model(run_dir)
+
+    def score(sd: dict) -> float:
+        return evaluate_bpb(quant.dequantized_copy(model, sd), tokens, seq, tables,
+                            batch_seqs=32)["val_bpb"]
+
+    float_bpb = evaluate_bpb(model, tokens, seq, tables, batch_seqs=32)["val_bpb"]
+    rows = bench_artifacts(model.state_dict(), score, (quant.INT8_KEEP_FLOAT_MAX_NUMEL, 0))
+    for row in rows:
+        row["gap_bpb"] = row.get("roundtrip_val_bpb", float("nan")) - float_bpb
+    return {"run": str(run_dir), "float_val_bpb": float_bpb}, rows
 
 
 def _table(rows: list[dict], cols: list[str]) -> str:
@@ -294,6 +331,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--peak-size", type=int, default=1024,
                    help="n of the n x n matmul whose best FLOP/s is the CPU peak for MFU")
     p.add_argument("--out", default="", help="JSON path (default benchmarks/results/...)")
+    p.add_argument("--artifacts-of", default="", metavar="RUN_DIR",
+                   help="only the artifact table, for a finished run's trained weights: bytes "
+                   "per scheme/compressor at upstream's small-tensor threshold and at 0, each "
+                   "scored (roundtrip val_bpb) on the run's validation set")
     return p
 
 
@@ -336,6 +377,22 @@ def _print_tables(result: dict) -> None:
     print(_table(result["artifact"], ["scheme", "compressor", "bytes", "encode_s", "decode_s"]))
 
 
+def _run_artifacts(run_dir: Path, args: argparse.Namespace) -> int:
+    """--artifacts-of: the artifact table of a trained run, printed and written as JSON."""
+    if not (run_dir / "config.json").is_file():
+        print(f"--artifacts-of: {run_dir} is not a run directory (no config.json)",
+              file=sys.stderr)
+        return 2
+    head, rows = trained_artifacts(run_dir)
+    print(f"# artifacts of {run_dir.name} (float val_bpb {head['float_val_bpb']:.4f})")
+    print(_table(rows, ["scheme", "compressor", "keep_float_max_numel", "bytes", "encode_s",
+                        "decode_s", "roundtrip_val_bpb", "gap_bpb"]))
+    out = Path(args.out) if args.out else RESULTS / f"artifacts_{run_dir.name}.json"
+    _write_json({"machine": machine_info(torch.device("cpu")), **head, "artifact": rows}, out)
+    print(f"\nwrote {out}")
+    return 0
+
+
 def _write_json(result: dict, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
@@ -355,6 +412,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.threads:
             torch.set_num_threads(args.threads)
+        if args.artifacts_of:
+            return _run_artifacts(Path(args.artifacts_of), args)
         return _run(args, device)
     finally:
         torch.set_num_threads(threads)  # main() may run in-process (tests)

@@ -155,3 +155,29 @@ def test_round_robin_muon_with_batching_equals_single_process(monkeypatch):
     for r in (0, 1):  # each rank keeps momentum only for the matrices it owns
         owned = [i for i, p in enumerate(ranks[r]) if "momentum_buffer" in opts[r].state[p]]
         assert owned == [i for i in range(len(SHAPES)) if i % 2 == r]
+
+
+def test_artifact_table_scores_each_scheme_and_counts_the_threshold(tmp_path):
+    """bench_artifacts on real weights: every scheme/compressor/threshold row, the dequantized
+    weights scored once per (scheme, threshold), and quantizing every matrix (threshold 0)
+    gives a smaller file than upstream's 65,536-element rule at this tiny width."""
+    torch.manual_seed(0)
+    model = GPT(preset("unet", num_layers=2, model_dim=32, num_heads=2, num_kv_heads=1))
+    calls = []
+
+    def score(sd):
+        calls.append(sd)
+        return float(len(calls))
+
+    rows = run.bench_artifacts(model.state_dict(), score, (65_536, 0))
+    assert len(rows) == 1 + 2 * 4 * 3  # upstream + 2 thresholds x 4 schemes x 3 compressors
+    assert len(calls) == 1 + 2 * 4  # scored once per (scheme, threshold)
+    by = {(r["scheme"], r["compressor"], r["keep_float_max_numel"]): r for r in rows}
+    assert by[("int6", "brotli", 0)]["bytes"] < by[("int6", "brotli", 65_536)]["bytes"]
+    assert by[("int6", "zlib", 0)]["roundtrip_val_bpb"] == by[("int6", "brotli", 0)][
+        "roundtrip_val_bpb"]
+
+
+def test_artifacts_of_a_path_that_is_no_run_exits_2(tmp_path, capsys):
+    assert run.main(["--artifacts-of", str(tmp_path)]) == 2
+    assert "is not a run directory (no config.json)" in capsys.readouterr().err
