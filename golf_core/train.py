@@ -196,8 +196,9 @@ def parse_invocation(argv: Sequence[str] | None, environ: Mapping[str, str]) -> 
         if run_dir is None and not tcfg.run_name:
             raise ConfigError("--resume: name the run with --run-dir or run_name (RUN_ID)")
         run_dir = run_dir or _runs_root(tcfg) / tcfg.run_name
-        if (run_dir / CONFIG).is_file():
-            mcfg, tcfg, notes = _resume_config(run_dir, environ, sets)
+        if not (run_dir / CONFIG).is_file():  # before any data is looked for
+            raise ConfigError(f"--resume: {run_dir} is not a run directory (no {CONFIG})")
+        mcfg, tcfg, notes = _resume_config(run_dir, environ, sets)
     if args.stop_at_step < 0:
         raise ConfigError(f"--stop-at-step {args.stop_at_step}: must be >= 0")
     return Invocation(mcfg, tcfg, args.preset, args.scale, run_dir, args.resume,
@@ -677,9 +678,7 @@ def open_run_dir(inv: Invocation, rt: Runtime) -> Path:
         try:
             t = inv.tcfg
             if inv.resume:
-                run_dir = inv.run_dir
-                if not (run_dir / CONFIG).is_file():
-                    raise ConfigError(f"--resume: {run_dir} is not a run directory (no {CONFIG})")
+                run_dir = inv.run_dir  # parse_invocation checked it holds a run
             else:
                 run_dir = new_run_dir(_runs_root(t), run_dir=inv.run_dir, run_name=t.run_name,
                                       label=inv.preset or variant_label(inv.mcfg), tag=t.tag,
