@@ -229,20 +229,15 @@ def validate_config(cfg: ModelConfig) -> None:
     if cfg.variant not in VARIANTS:
         raise ValueError(f"variant={cfg.variant!r} is not one of {', '.join(VARIANTS)}")
     _check_shapes(cfg)
-    if cfg.variant == "looped":
-        _check_looped(cfg)
-    elif _changed(cfg, _LOOP_FIELDS):
-        raise ValueError(
-            f"{', '.join(_changed(cfg, _LOOP_FIELDS))} needs variant='looped' "
-            f"(got variant={cfg.variant!r})"
-        )
-    if cfg.variant == "rqz":
-        _check_rqz(cfg)
-    elif _changed(cfg, _RQZ_FIELDS):
-        raise ValueError(
-            f"{', '.join(_changed(cfg, _RQZ_FIELDS))} needs variant='rqz' "
-            f"(got variant={cfg.variant!r})"
-        )
+    for variant, names, check in (("looped", _LOOP_FIELDS, _check_looped),
+                                  ("rqz", _RQZ_FIELDS, _check_rqz)):
+        if cfg.variant == variant:
+            check(cfg)
+        elif _changed(cfg, names):
+            raise ValueError(
+                f"{', '.join(_changed(cfg, names))} needs variant={variant!r} "
+                f"(got variant={cfg.variant!r})"
+            )
     _check_recur(cfg)
     _check_parallel(cfg)
 
