@@ -66,6 +66,15 @@ def _figure(width: float, height: float) -> Figure:
     return fig
 
 
+def _legend_once(label: str, seen: set[str]) -> str | None:
+    """`label` the first time a line of it is drawn, then None (no legend entry): one entry
+    per label when each run (seed) is its own line."""
+    if label in seen:
+        return None
+    seen.add(label)
+    return label
+
+
 def _require(df: pd.DataFrame, columns: Iterable[str], what: str) -> None:
     if not isinstance(df, pd.DataFrame):
         raise TypeError(f"{what}: expected a pandas DataFrame, got {type(df).__name__}")
@@ -228,8 +237,7 @@ def val_bpb_curves(df: pd.DataFrame, x: str = "step") -> Figure:
         for (label, _seed), sub in df.groupby(["label", "seed"]):
             s = sub.dropna(subset=["val_bpb"]).sort_values(x)
             ax.plot(s[x], s["val_bpb"], marker="o", ms=2.5, lw=1.2, alpha=0.85,
-                    color=colors[label], label=None if label in seen else label)
-            seen.add(label)
+                    color=colors[label], label=_legend_once(label, seen))
         ax.set_xlabel({"step": "training step", "train_seconds": "training seconds"}.get(x, x))
         ax.set_ylabel("validation bits per byte")
         ax.legend(loc="upper right", title="one line per seed")
@@ -248,8 +256,7 @@ def train_loss_curves(df: pd.DataFrame) -> Figure:
         for (label, _seed), sub in df.groupby(["label", "seed"]):
             s = sub.dropna(subset=["train_loss"]).sort_values("step")
             ax.plot(s["step"], s["train_loss"], lw=1.0, alpha=0.8, color=colors[label],
-                    label=None if label in seen else label)
-            seen.add(label)
+                    label=_legend_once(label, seen))
         ax.set_xlabel("training step")
         ax.set_ylabel("training loss (nats per token)")
         ax.legend(loc="upper right", ncol=2)
@@ -301,11 +308,11 @@ def recurrence_error_figure(df: pd.DataFrame) -> Figure:
             ax.text(sub["virtual_layer"].mean(), 1.0, f"repeat {cycle + 1}", ha="center",
                     va="bottom", fontsize=7, transform=ax.get_xaxis_transform())
         runs = "name" if "name" in df else "setting"
+        seen: set[str] = set()
         for (setting, _run), sub in df.groupby(["setting", runs]):
             s = sub.sort_values("virtual_layer")
-            labelled = setting in {t.get_label() for t in ax.get_lines()}
             ax.plot(s["virtual_layer"], s["rel_error"], marker="o", ms=3, color=colors[setting],
-                    label="_nolegend_" if labelled else setting)
+                    label=_legend_once(setting, seen))
         positive = df["rel_error"] > 0
         if positive.any():
             ax.set_yscale("log")
