@@ -151,9 +151,16 @@ def setup_runtime(
     return Runtime(rank, world, local_rank, dev, backend, dtype, reasons)
 
 
-def teardown(rt: Runtime) -> None:
-    """Destroy the process group this runtime created (no-op for one process)."""
+def teardown(rt: Runtime, *, finished: bool = False) -> None:
+    """Destroy the process group this runtime created (no-op for one process).
+
+    `finished` (every rank got here normally): wait at a barrier first. Rank 0 may still be
+    writing a checkpoint or the summary; a rank that leaves the group meanwhile aborted in
+    gloo ("terminate called without an active exception", about half the 2-process
+    --stop-at-step runs). After an error a peer may never arrive, so no barrier then."""
     if rt.distributed and dist.is_initialized():
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -807,10 +807,13 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     check_choices(inv.tcfg)
     plan_batches(inv.tcfg, world_size_from_env(environ))  # before any process group
     rt = setup_runtime(inv.tcfg.device, inv.tcfg.autocast, environ, inv.tcfg.threads)
+    finished = False
     try:
-        return _run(inv, rt)
+        summary = _run(inv, rt)
+        finished = True
+        return summary
     finally:
-        teardown(rt)
+        teardown(rt, finished=finished)
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
