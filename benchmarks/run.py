@@ -43,7 +43,7 @@ from benchmarks.flops import datasheet_peak, matmul_flops_per_token, measured_ma
 from golf_core import quant
 from golf_core.config import ConfigError, TrainConfig, parse_set_args, resolve, to_dict
 from golf_core.evaluate import ByteTables, evaluate_bpb
-from golf_core.model import GPT, PRESETS, count_parameters
+from golf_core.model import GPT, PRESETS, build_model, count_parameters
 from golf_core.optim import (
     Muon,
     apply_schedule,
@@ -122,7 +122,7 @@ def build_case(preset: str, dtype: torch.dtype | None, args: argparse.Namespace,
                device: torch.device) -> TrainCase:
     mcfg, tcfg = resolve(scale=args.scale, preset=preset, environ={}, sets=args.sets)
     torch.manual_seed(0)
-    model = GPT(mcfg).to(device)
+    model = build_model(mcfg).to(device)
     if mcfg.recur_layers:
         model.activate_recurrence()  # time the recurrent shape, as trained after activation
     seq = tcfg.train_seq_len

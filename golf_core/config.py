@@ -53,6 +53,11 @@ class ModelConfig:
     rope_base: float = 10000.0
     qk_gain_init: float = 1.5
 
+    # which model: "golf" (this GPT and its variants below) or a published PR's model,
+    # "pr54", "pr325", "pr363", "pr1204" (golf_core/model/families.py); the fields of each
+    # family's own section below are that PR script's hyperparameters (env var = upper case)
+    family: str = "golf"
+
     # which skeleton: "flat" (plain residual stack), "unet" (upstream baseline),
     # "looped" (PR #325/#363), "rqz" (PR #54). `mini` and `parallel` below compose with these.
     variant: str = "unet"
@@ -87,6 +92,18 @@ class ModelConfig:
     # what the final norm reads once lanes run: "mean" of the two lanes (DESIGN.md), or one
     # lane, "mlp" (PR #1204's record log: final_lane=mlp) or "attn"
     parallel_final_lane: str = "mean"
+
+    # ---- PR #54 (family "pr54"): fields added by golf_core/model/pr54.py's author
+    # ---- end PR #54
+
+    # ---- PR #325 (family "pr325"): fields added by golf_core/model/pr325.py's author
+    # ---- end PR #325
+
+    # ---- PR #363 (family "pr363"): fields added by golf_core/model/pr363.py's author
+    # ---- end PR #363
+
+    # ---- PR #1204 (family "pr1204"): fields added by golf_core/model/pr1204.py's author
+    # ---- end PR #1204
 
 
 # ----------------------------------------------------------------------------- training

@@ -372,13 +372,13 @@ def routing_history(specs: Sequence[RunSpec]) -> dict[str, pd.DataFrame]:
 
     from golf_core.analysis import routing_tables
     from golf_core.checkpoint import load_checkpoint
-    from golf_core.model import GPT
+    from golf_core.model import build_model
 
     out: dict[str, list[pd.DataFrame]] = {}
     for spec, run in zip(specs, load_runs(specs)):
         cfg = run.model_config
         torch.manual_seed(spec.seed)
-        states = [(0, GPT(cfg).state_dict())]
+        states = [(0, build_model(cfg).state_dict())]
         states += [(step, load_checkpoint(p)["model"]) for step, p in _history_files(run.path)]
         for step, sd in states:
             for key, table in routing_tables(sd, cfg).items():

@@ -386,7 +386,7 @@ def load_model(
     directory's own config.json is used when `config` is None. A mini-recurrence model
     comes back switched on or off as it was saved (its `recurrence_flag` buffer).
     """
-    from golf_core.model import GPT
+    from golf_core.model import build_model
 
     path = Path(path)
     if not path.exists():
@@ -396,7 +396,7 @@ def load_model(
         mcfg = from_dict(ModelConfig, run_cfg["model"], source=str(path / CONFIG))
     else:
         mcfg = _config_for(config, sd, str(path))
-    model = GPT(mcfg)
+    model = build_model(mcfg)
     model.load_state_dict(sd)
     return model.to(device).eval()
 

@@ -284,10 +284,10 @@ def seed_everything(seed: int) -> None:
 
 
 def build_model(mcfg: ModelConfig, rt: Runtime) -> torch.nn.Module:
-    from golf_core.model import GPT
+    from golf_core.model import build_model
 
     try:
-        model = GPT(mcfg)
+        model = build_model(mcfg)
     except ValueError as e:
         raise ConfigError(f"model config: {e}") from None
     return model.to(rt.device)

@@ -1,0 +1,97 @@
+"""The model families: our GPT (`family="golf"`) and the four published PR models.
+
+`ModelConfig.family` picks the module; `build_model(cfg)` builds its model. Each published
+family lives in one module (golf_core/model/pr54.py, pr325.py, pr363.py, pr1204.py) built from
+the shared layers (golf_core/model/layers.py) and extras (golf_core/model/extras.py), and keeps
+its PR script's state-dict names exactly, so an upstream `final_model.pt` loads with
+`strict=True`. A family module offers:
+
+- `FAMILY` (str), `PR` (int), `SOURCE` (the file name in ../shared/reference/);
+- `Model(cfg)`: an nn.Module with `forward(input_ids, target_ids=None, *, num_iters=None)`
+  (logits (B, T, V), or mean cross-entropy in nats), `forward_hidden(input_ids, *,
+  num_iters=None) -> list[Tensor]` (the stream after each virtual layer), `routing_tables() ->
+  dict[str, DataFrame]`, `core_modules() -> list[nn.Module]` (what runs more than once: QAT
+  "core"), `parameter_counts() -> dict` (total, unique, shared, unrolled, physical_layers,
+  effective_depth), `matmul_params_per_token() -> int` and `attention_layers() -> int` (FLOPs);
+- `IDENTIFYING_KEYS`: state-dict key prefixes only this family has;
+- `PRESETS`: preset name -> ModelConfig overrides (including `family`);
+- `config_from_state_dict(state_dict, base) -> ModelConfig`: `base` with the sizes the tensor
+  shapes fix (vocab, width, depth, ...);
+- `CONTROL_PATTERNS`: name substrings of its control tensors (Adam, float in the export);
+- optionally `read_artifact(path) -> dict[str, Tensor] | None`: the dequantized state dict of
+  the PR's own artifact format, None when `path` is not in that format.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from types import ModuleType
+
+from torch import Tensor, nn
+
+from golf_core.config import ModelConfig
+
+FAMILY_MODULES: dict[str, str] = {
+    "golf": "golf_core.model.gpt",
+    "pr54": "golf_core.model.pr54",
+    "pr325": "golf_core.model.pr325",
+    "pr363": "golf_core.model.pr363",
+    "pr1204": "golf_core.model.pr1204",
+}
+FAMILIES: tuple[str, ...] = tuple(FAMILY_MODULES)
+PUBLISHED: tuple[str, ...] = tuple(f for f in FAMILIES if f != "golf")
+
+
+def family_module(name: str) -> ModuleType:
+    """The module of family `name`; an unknown name raises ValueError listing the known ones."""
+    if name not in FAMILY_MODULES:
+        raise ValueError(f"unknown model family {name!r}; choose one of {', '.join(FAMILIES)}")
+    return importlib.import_module(FAMILY_MODULES[name])
+
+
+def available(name: str) -> bool:
+    """Whether family `name`'s module exists in this checkout."""
+    return importlib.util.find_spec(FAMILY_MODULES[name]) is not None
+
+
+def build_model(cfg: ModelConfig) -> nn.Module:
+    """The model `cfg` describes: our GPT for family "golf", else that PR's model."""
+    if cfg.family == "golf":
+        from golf_core.model.gpt import GPT
+
+        return GPT(cfg)
+    return family_module(cfg.family).Model(cfg)
+
+
+def detect_family(state_dict: Mapping[str, Tensor]) -> str:
+    """The family whose identifying keys `state_dict` has ("golf" when none does: our GPT and
+    the upstream baseline share names)."""
+    names = [k.removeprefix("_orig_mod.") for k in state_dict]
+    for fam in PUBLISHED:
+        if not available(fam):
+            continue
+        prefixes = family_module(fam).IDENTIFYING_KEYS
+        if any(n.startswith(p) for n in names for p in prefixes):
+            return fam
+    return "golf"
+
+
+def family_presets() -> dict[str, dict]:
+    """Preset name -> overrides over every published family present."""
+    out: dict[str, dict] = {}
+    for fam in PUBLISHED:
+        if available(fam):
+            out.update(family_module(fam).PRESETS)
+    return out
+
+
+def control_patterns() -> tuple[str, ...]:
+    """Every family's control-tensor name patterns (ours first)."""
+    from golf_core.model.layers import CONTROL_PATTERNS
+
+    pats = list(CONTROL_PATTERNS)
+    for fam in PUBLISHED:
+        if available(fam):
+            pats += [p for p in family_module(fam).CONTROL_PATTERNS if p not in pats]
+    return tuple(pats)
