@@ -93,6 +93,14 @@ class ModelConfig:
     # lane, "mlp" (PR #1204's record log: final_lane=mlp) or "attn"
     parallel_final_lane: str = "mean"
 
+    # ---- extras several published scripts share, under those scripts' names (env vars);
+    # a family reads the ones its script has (PR #325, #363, #1204)
+    xsa_last_n: int = 0  # XSA on the last N layers (0 = off)
+    bigram_vocab_size: int = 0  # BigramHash table rows (PR #325, #1204; 0 = off)
+    bigram_dim: int = 128  # BigramHash embedding width before its projection
+    rope_dims: int = 0  # partial RoPE: rotate only the first N of each head's dims (0 = all)
+    ln_scale: bool = False  # scale each layer's norm outputs by 1/sqrt(layer + 1)
+
     # ---- PR #54 (family "pr54"): fields added by golf_core/model/pr54.py's author
     # ---- end PR #54
 
