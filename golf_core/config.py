@@ -102,12 +102,25 @@ class ModelConfig:
     ln_scale: bool = False  # scale each layer's norm outputs by 1/sqrt(layer + 1)
 
     # ---- PR #54 (family "pr54"): fields added by golf_core/model/pr54.py's author
+    # its script's defaults: 7 unique layers (U-Net) + 1 recurrent block run K=3 times after
+    # them; either at 0 = no recurrence (the plain num_layers baseline, as the script does)
+    num_unique_layers: int = 7
+    num_recurrent_passes: int = 3
+    # K' at eval (0 = K). Recorded only: the script defines it but never passes it to forward,
+    # so its evaluation runs the trained K; test-time K' is `model(x, num_iters=K')`
+    eval_recurrent_passes: int = 0
     # ---- end PR #54
 
     # ---- PR #325 (family "pr325"): fields added by golf_core/model/pr325.py's author
     # ---- end PR #325
 
     # ---- PR #363 (family "pr363"): fields added by golf_core/model/pr363.py's author
+    # RecurrentGPT: NUM_UNIQUE_BLOCKS blocks run i % N up to EFFECTIVE_DEPTH virtual layers
+    # (it reads these, not NUM_LAYERS); defaults are its script's
+    num_unique_blocks: int = 3
+    effective_depth: int = 9
+    depth_lora_rank: int = 4  # per-virtual-layer q/v LoRA rank (0 = off)
+    bigram_buckets: int = 2048  # its BigramHash rows; width is the shared `bigram_dim`
     # ---- end PR #363
 
     # ---- PR #1204 (family "pr1204"): fields added by golf_core/model/pr1204.py's author
@@ -155,6 +168,9 @@ class TrainConfig:
     muon_momentum_warmup_start: float = 0.85
     muon_momentum_warmup_steps: int = 500
     muon_backend_steps: int = 5
+    # Newton-Schulz dtype: "bf16" (upstream; what the Muon fixture checks), "fp32", or "auto"
+    # (bf16 on CUDA; on CPU whichever a matmul probe measures faster: golf_core/precision.py)
+    muon_ns_dtype: str = "auto"
     beta1: float = 0.9
     beta2: float = 0.95
     adam_eps: float = 1e-8

@@ -24,18 +24,14 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from golf_core import precision
 from golf_core.config import ConfigError, TrainConfig
+from golf_core.precision import cpu_prefers_bf16, pick_ns_dtype
 
-# What autocast="auto" means on CPU. Measured on this 2-core AVX-512 machine (torch 2.13, MKL)
-# while other jobs shared it (load 2-8, so noisy): cpu-scale model (4 x 128, seq 256), one
-# 4096-token train step (forward, backward, Muon + Adam), fp32 and bf16 interleaved, 8-12
-# steps per repeat:
-#   1 thread,  3 repeats: median fp32 528-855 ms, bf16 452-654 ms (1.17-1.45x faster)
-#   2 threads, 3 repeats: fastest step fp32 345-646 ms, bf16 269-623 ms (the medians are
-#                         swamped by oversubscription: 2 threads on 2 busy cores)
-# bf16 was faster in every repeat, so "auto" is bf16 on CPU as on CUDA (upstream). autocast=none
-# gives fp32 (the 1-vs-2-process and resume tests use it for exact comparisons).
-CPU_AUTOCAST_DEFAULT = "bf16"
+# What autocast="auto" means on CPU is measured, not assumed (golf_core/precision.py): bf16
+# autocast where a bf16 matmul beats fp32 on this machine (AVX-512 BF16 / AMX), fp32 where
+# torch emulates bf16 (AVX2-only CPUs, where it was 77x slower). autocast=none gives fp32
+# (the 1-vs-2-process and resume tests use it for exact comparisons).
 
 
 @dataclass(frozen=True)
@@ -93,7 +89,8 @@ def pick_backend(device: torch.device) -> tuple[str, str]:
 
 
 def pick_autocast(device: torch.device, preference: str) -> tuple[torch.dtype | None, str]:
-    """bf16 autocast on CUDA (upstream); on CPU `auto` follows CPU_AUTOCAST_DEFAULT."""
+    """bf16 autocast on CUDA (upstream); on CPU `auto` is bf16 only where the matmul probe
+    (golf_core.precision) measured bf16 faster than fp32."""
     if preference not in ("auto", "bf16", "none"):
         raise ConfigError(f"autocast: {preference!r} is not one of auto, bf16, none")
     if preference == "none":
@@ -102,9 +99,9 @@ def pick_autocast(device: torch.device, preference: str) -> tuple[torch.dtype | 
         return torch.bfloat16, "autocast=bf16 requested"
     if device.type == "cuda":
         return torch.bfloat16, "auto on CUDA: bf16 autocast (upstream)"
-    if CPU_AUTOCAST_DEFAULT == "bf16":
-        return torch.bfloat16, "auto on CPU: bf16 autocast (measured 1.2-1.45x faster than fp32)"
-    return None, "auto on CPU: fp32"
+    fast, why = cpu_prefers_bf16()
+    return (torch.bfloat16, f"auto on CPU: bf16 autocast ({why})") if fast else (
+        None, f"auto on CPU: fp32 ({why})")
 
 
 def pick_cpu_threads(requested: int, local_world: int) -> tuple[int, str]:
@@ -123,32 +120,48 @@ def pick_cpu_threads(requested: int, local_world: int) -> tuple[int, str]:
 
 def setup_runtime(
     device: str = "auto", autocast: str = "auto", environ: Mapping[str, str] | None = None,
-    threads: int = 0,
+    threads: int = 0, muon_ns_dtype: str = "auto",
 ) -> Runtime:
-    """Read torchrun's env, pick device/backend/autocast/CPU threads, init the process group
-    if world > 1."""
+    """Read torchrun's env, pick device/backend/CPU threads/autocast/Newton-Schulz dtype, init
+    the process group if world > 1. On CPU the dtype choices read one matmul probe, taken
+    after the thread count is set and, in a multi-process run, rank 0's for every rank (so
+    all ranks compute in the same dtype)."""
     environ = os.environ if environ is None else environ
     world = world_size_from_env(environ)
     rank = _env_int(environ, "RANK", 0)
     local_rank = _env_int(environ, "LOCAL_RANK", 0)
     dev, dev_why = pick_device(device, local_rank)
-    dtype, cast_why = pick_autocast(dev, autocast)
     backend, backend_why = None, "one process: no process group"
+    reasons = {"device": dev_why}
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
         # TF32 matmuls for the fp32 parts (upstream sets both flags)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    else:
+        local_world = _env_int(environ, "LOCAL_WORLD_SIZE", world)
+        n, reasons["threads"] = pick_cpu_threads(threads, local_world)
+        torch.set_num_threads(n)
     if world > 1:
         backend, backend_why = pick_backend(dev)
         if not dist.is_initialized():
             dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
-    reasons = {"device": dev_why, "backend": backend_why, "autocast": cast_why}
-    if dev.type == "cpu":
-        local_world = _env_int(environ, "LOCAL_WORLD_SIZE", world)
-        n, reasons["threads"] = pick_cpu_threads(threads, local_world)
-        torch.set_num_threads(n)
+        if dev.type == "cpu":
+            _share_probe(rank)
+    reasons["backend"] = backend_why
+    dtype, reasons["autocast"] = pick_autocast(dev, autocast)
+    _ns, reasons["muon_ns_dtype"] = pick_ns_dtype(muon_ns_dtype, dev)
     return Runtime(rank, world, local_rank, dev, backend, dtype, reasons)
+
+
+def _share_probe(rank: int) -> None:
+    """Every rank adopts rank 0's matmul probe (timings differ between processes)."""
+    mine = precision.probe() if rank == 0 else None
+    numbers = torch.tensor([mine.fp32_ms, mine.bf16_ms] if mine else [0.0, 0.0],
+                           dtype=torch.float64)
+    dist.broadcast(numbers, src=0)
+    precision.adopt(precision.MatmulProbe(fp32_ms=float(numbers[0]), bf16_ms=float(numbers[1]),
+                                          threads=torch.get_num_threads()))
 
 
 def teardown(rt: Runtime, *, finished: bool = False) -> None:

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from golf_core.config import TrainConfig
 from golf_core.model import CONTROL_PATTERNS
+from golf_core.precision import pick_ns_dtype
 
 # Quintic Newton–Schulz coefficients from modded-nanogpt: chosen to push singular values into
 # roughly [0.7, 1.2] in 5 steps (steepest slope at 0) rather than to converge exactly to 1.
@@ -41,21 +42,27 @@ LM_HEAD = "lm_head.weight"
 # ----------------------------------------------------------------------------- Muon
 
 
-def newton_schulz5(G: Tensor, steps: int = 5, eps: float = 1e-7) -> Tensor:
-    """Approximately orthogonalize a 2-D matrix (the nearest semi-orthogonal U V^T), in bf16.
+def newton_schulz5(
+    G: Tensor, steps: int = 5, eps: float = 1e-7, dtype: torch.dtype = torch.bfloat16
+) -> Tensor:
+    """Approximately orthogonalize a 2-D matrix (the nearest semi-orthogonal U V^T), in bf16
+    (upstream) or, with `dtype=torch.float32`, in fp32 (golf_core.precision picks it where
+    bf16 matmuls are slow).
 
     Upstream `zeropower_via_newtonschulz5`: normalize by the Frobenius norm (+eps so a zero
     gradient stays zero), work on the wide orientation so X @ X.T is the small Gram matrix,
-    iterate X <- a X + (b A + c A^2) X with A = X X^T. Returns a bf16 tensor shaped like G.
+    iterate X <- a X + (b A + c A^2) X with A = X X^T. Returns a `dtype` tensor shaped like G.
     """
     if G.ndim != 2:
         raise ValueError(f"newton_schulz5: expected a 2-D matrix, got shape {tuple(G.shape)}")
     transposed = G.size(0) > G.size(1)
-    X = _newton_schulz_wide((G.T if transposed else G).bfloat16()[None], steps, eps)[0]
+    X = _newton_schulz_wide((G.T if transposed else G).to(dtype)[None], steps, eps)[0]
     return X.T if transposed else X
 
 
-def newton_schulz5_batched(Gs: list[Tensor], steps: int = 5, eps: float = 1e-7) -> list[Tensor]:
+def newton_schulz5_batched(
+    Gs: list[Tensor], steps: int = 5, eps: float = 1e-7, dtype: torch.dtype = torch.bfloat16
+) -> list[Tensor]:
     """`newton_schulz5` of each matrix, the same-shape ones (up to transposition) stacked and
     iterated as one batch of matmuls: bit-identical to the one-at-a-time loop here (same ops in
     the same order, per-matrix norms), and on a CPU or GPU a few large matmuls instead of many
@@ -68,14 +75,14 @@ def newton_schulz5_batched(Gs: list[Tensor], steps: int = 5, eps: float = 1e-7) 
     out: list[Tensor] = [torch.empty(0)] * len(Gs)
     for idx in buckets.values():
         wide = [Gs[i].T if Gs[i].size(0) > Gs[i].size(1) else Gs[i] for i in idx]
-        X = _newton_schulz_wide(torch.stack(wide).bfloat16(), steps, eps)  # (N, rows, cols)
+        X = _newton_schulz_wide(torch.stack(wide).to(dtype), steps, eps)  # (N, rows, cols)
         for j, i in enumerate(idx):
             out[i] = X[j].T if Gs[i].size(0) > Gs[i].size(1) else X[j]
     return out
 
 
 def _newton_schulz_wide(X: Tensor, steps: int, eps: float) -> Tensor:
-    """The iteration on a (N, rows, cols) bf16 batch with rows <= cols."""
+    """The iteration on a (N, rows, cols) batch with rows <= cols, in the batch's dtype."""
     a, b, c = NS_COEFFS
     X = X / (X.norm(dim=(-2, -1), keepdim=True) + eps)  # per-matrix Frobenius norm
     for _ in range(steps):
@@ -86,12 +93,15 @@ def _newton_schulz_wide(X: Tensor, steps: int, eps: float) -> Tensor:
 
 
 class Muon(torch.optim.Optimizer):
-    """MomentUm Orthogonalized by Newton–Schulz (upstream `Muon`), for 2-D matrices only.
+    """MomentUm Orthogonalized by Newton–Schulz (upstream `Muon`), for matrices and banks.
 
     Per parameter: buf = momentum*buf + g; Nesterov g = g + momentum*buf; orthogonalize;
-    scale by sqrt(max(1, rows/cols)); p -= lr * update. Under torch.distributed, parameter i's
-    update is computed on rank i % world_size into a flat bf16 buffer, and one all-reduce (SUM)
-    gives every rank every update (the others contribute zeros), as upstream does.
+    scale by sqrt(max(1, rows/cols)); p -= lr * update. A 3-D parameter is a bank of matrices
+    (PR #1204's `qo_bank` ...): each [rows, cols] slice is orthogonalized and scaled on its own.
+    Under torch.distributed, parameter i's update is computed on rank i % world_size into a
+    flat buffer, and one all-reduce (SUM) gives every rank every update (the others contribute
+    zeros), as upstream does. `ns_dtype`: the Newton–Schulz and update-buffer dtype, bf16 as
+    upstream, or fp32 where bf16 matmuls are slow (golf_core.precision.pick_ns_dtype).
     """
 
     def __init__(
@@ -101,13 +111,18 @@ class Muon(torch.optim.Optimizer):
         momentum: float,
         backend_steps: int,
         nesterov: bool = True,
+        ns_dtype: torch.dtype = torch.bfloat16,
     ) -> None:
         defaults = dict(lr=lr, momentum=momentum, backend_steps=backend_steps, nesterov=nesterov)
         super().__init__(params, defaults)
+        self.ns_dtype = ns_dtype
         for group in self.param_groups:
             for p in group["params"]:
-                if p.ndim != 2:
-                    raise ValueError(f"Muon: parameters must be 2-D, got shape {tuple(p.shape)}")
+                if p.ndim not in (2, 3):
+                    raise ValueError(
+                        f"Muon: parameters must be 2-D matrices or 3-D banks, got shape "
+                        f"{tuple(p.shape)}"
+                    )
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
@@ -125,7 +140,7 @@ class Muon(torch.optim.Optimizer):
             offsets = [0]
             for p in params:
                 offsets.append(offsets[-1] + p.numel())
-            updates_flat = torch.zeros(offsets[-1], device=params[0].device, dtype=torch.bfloat16)
+            updates_flat = torch.zeros(offsets[-1], device=params[0].device, dtype=self.ns_dtype)
             # round robin: parameter i is orthogonalized on rank i % world_size only
             mine = [i for i, p in enumerate(params)
                     if i % world_size == rank and p.grad is not None]
@@ -139,8 +154,9 @@ class Muon(torch.optim.Optimizer):
         return loss
 
     def _updates(self, params: list[Tensor], group: dict) -> list[Tensor]:
-        """Momentum + Nesterov + orthogonalization for the parameters this rank owns (bf16,
-        shaped like each p); same-shape matrices share one batched Newton–Schulz."""
+        """Momentum + Nesterov + orthogonalization for the parameters this rank owns (in
+        `ns_dtype`, shaped like each p); same-shape matrices (bank slices included) share one
+        batched Newton–Schulz."""
         grads = []
         for p in params:
             state = self.state[p]
@@ -149,11 +165,18 @@ class Muon(torch.optim.Optimizer):
             buf = state["momentum_buffer"]
             buf.mul_(group["momentum"]).add_(p.grad)
             grads.append(p.grad.add(buf, alpha=group["momentum"]) if group["nesterov"] else buf)
-        updates = newton_schulz5_batched(grads, steps=group["backend_steps"])
+        mats = [m for g in grads for m in (g.unbind(0) if g.ndim == 3 else (g,))]
+        ortho = newton_schulz5_batched(mats, steps=group["backend_steps"], dtype=self.ns_dtype)
         # Scale correction from the Muon reference: tall matrices get sqrt(rows/cols) so the
         # per-element update size does not shrink with the aspect ratio.
-        return [g * (g.size(0) / g.size(1)) ** 0.5 if g.size(0) > g.size(1) else g
-                for g in updates]
+        ortho = [u * (u.size(0) / u.size(1)) ** 0.5 if u.size(0) > u.size(1) else u
+                 for u in ortho]
+        out, k = [], 0
+        for g in grads:
+            n = g.size(0) if g.ndim == 3 else 1
+            out.append(torch.stack(ortho[k : k + n]) if g.ndim == 3 else ortho[k])
+            k += n
+        return out
 
 
 # ----------------------------------------------------------------------------- grouping
@@ -163,9 +186,9 @@ def group_parameters(model: nn.Module) -> dict[str, list[tuple[str, Tensor]]]:
     """Split named parameters into upstream's groups: "token", "head", "matrix", "scalar".
 
     token = `tok_emb.weight`; head = `lm_head.weight` (untied only); matrix (Muon) = every
-    other 2-D parameter whose name matches no control pattern; scalar (Adam at scalar_lr) =
-    vectors, scalars, >2-D tensors and anything matching a control pattern (skip_weights,
-    resid_mix, q_gain, lane lambdas, repeat embeddings, ...). `named_parameters()` yields a
+    other 2-D parameter (or 3-D `*_bank`) whose name matches no control pattern; scalar (Adam
+    at scalar_lr) = vectors, scalars, other >2-D tensors and anything matching a control
+    pattern (skip_weights, resid_mix, q_gain, lane lambdas, repeat embeddings, ...). `named_parameters()` yields a
     shared (looped) parameter once, under its first name.
     """
     groups: dict[str, list[tuple[str, Tensor]]] = {k: [] for k in GROUPS}
@@ -177,13 +200,20 @@ def group_parameters(model: nn.Module) -> dict[str, list[tuple[str, Tensor]]]:
             groups["token"].append((name, p))
         elif name == LM_HEAD:
             groups["head"].append((name, p))
-        elif p.ndim == 2 and not any(pat in name for pat in CONTROL_PATTERNS):
+        elif is_muon_matrix(name, p):
             groups["matrix"].append((name, p))
         else:
             groups["scalar"].append((name, p))
     if not groups["token"]:
         raise ValueError(f"build_optimizers: model has no parameter named {TOKEN_EMBEDDING!r}")
     return groups
+
+
+def is_muon_matrix(name: str, p: Tensor) -> bool:
+    """Muon's share: a 2-D matrix, or a 3-D bank of them (PR #1204's `*_bank`), whose name
+    matches no control pattern."""
+    shaped = p.ndim == 2 or (p.ndim == 3 and "_bank" in name)
+    return shaped and not any(pat in name for pat in CONTROL_PATTERNS)
 
 
 def _unwrapped(name: str) -> str:
@@ -239,11 +269,14 @@ def build_optimizers(model: nn.Module, tcfg: TrainConfig) -> list[torch.optim.Op
     if groups["head"]:
         optimizers.append(_adam([p for _, p in groups["head"]], tcfg.head_lr, tcfg))
     if groups["matrix"]:
+        matrices = [p for _, p in groups["matrix"]]
+        ns_dtype, _why = pick_ns_dtype(tcfg.muon_ns_dtype, matrices[0].device)
         muon = Muon(
-            [p for _, p in groups["matrix"]],
+            matrices,
             lr=tcfg.matrix_lr,
             momentum=tcfg.muon_momentum,
             backend_steps=tcfg.muon_backend_steps,
+            ns_dtype=ns_dtype,
         )
         for group in muon.param_groups:
             group["base_lr"] = tcfg.matrix_lr

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from golf_core import checkpoint as ckpt
-from golf_core import paths
+from golf_core import paths, precision
 from golf_core.config import (
     SCALES,
     ConfigError,
@@ -685,6 +685,8 @@ def open_run_dir(inv: Invocation, rt: Runtime) -> Path:
                                       seed=t.seed)
             session = {"argv": inv.argv, "preset": inv.preset, "scale": inv.scale,
                        "resume": inv.resume, "reasons": dict(rt.reasons)}
+            if rt.device.type == "cpu":  # the measurement behind the dtype choices
+                session["precision_probe"] = precision.probe().to_dict()
             write_run_files(run_dir, {"model": to_dict(inv.mcfg), "train": to_dict(t)},
                             {**env_info(rt.device, rt.world_size), **session}, inv.resume)
             verdict = (str(run_dir), None)
@@ -806,7 +808,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return config
     check_choices(inv.tcfg)
     plan_batches(inv.tcfg, world_size_from_env(environ))  # before any process group
-    rt = setup_runtime(inv.tcfg.device, inv.tcfg.autocast, environ, inv.tcfg.threads)
+    rt = setup_runtime(inv.tcfg.device, inv.tcfg.autocast, environ, inv.tcfg.threads,
+                       inv.tcfg.muon_ns_dtype)
     finished = False
     try:
         summary = _run(inv, rt)

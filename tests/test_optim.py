@@ -83,7 +83,7 @@ def test_muon_without_nesterov_differs_and_muon_refuses_vectors():
     b = _muon_steps(fx["init"], fx["grads"], lr=0.04, momentum=0.95, backend_steps=5,
                     nesterov=False)
     assert not torch.allclose(a[0], b[0])
-    with pytest.raises(ValueError, match=r"Muon: parameters must be 2-D, got shape \(4,\)"):
+    with pytest.raises(ValueError, match=r"must be 2-D matrices or 3-D banks, got shape \(4,\)"):
         Muon([torch.nn.Parameter(torch.zeros(4))], lr=0.1, momentum=0.9, backend_steps=5)
 
 
