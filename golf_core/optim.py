@@ -188,8 +188,8 @@ def group_parameters(model: nn.Module) -> dict[str, list[tuple[str, Tensor]]]:
     token = `tok_emb.weight`; head = `lm_head.weight` (untied only); matrix (Muon) = every
     other 2-D parameter (or 3-D `*_bank`) whose name matches no control pattern; scalar (Adam
     at scalar_lr) = vectors, scalars, other >2-D tensors and anything matching a control
-    pattern (skip_weights, resid_mix, q_gain, lane lambdas, repeat embeddings, ...). `named_parameters()` yields a
-    shared (looped) parameter once, under its first name.
+    pattern (skip_weights, resid_mix, q_gain, lane lambdas, repeat embeddings, ...).
+    `named_parameters()` yields a shared (looped) parameter once, under its first name.
     """
     groups: dict[str, list[tuple[str, Tensor]]] = {k: [] for k in GROUPS}
     for full_name, p in model.named_parameters():
