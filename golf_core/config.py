@@ -112,6 +112,16 @@ class ModelConfig:
     # ---- end PR #54
 
     # ---- PR #325 (family "pr325"): fields added by golf_core/model/pr325.py's author
+    # (its MLP_MULT is a float; every published shape uses 3.0, so the int mlp_mult holds it)
+    loop_core_layers: int = 0  # shared core blocks; NUM_LAYERS - this splits into stem/tail
+    loop_attn_every: int = 1  # attention repeats: r % this == 0 and the last; else refinement
+    refine_mlp_mult: float = 1.0  # RefinementBlock MLP hidden = int(this * dim); 0 = no MLP
+    refine_local_mix: bool = True  # RefinementBlock's gated mix with the previous position
+    loop_adapter_dim: int = 0  # LoopAdapter rank after every core use (0 = off)
+    backout_layer: int = 0  # subtract backout_lambda * stream after this virtual layer (0 = off)
+    backout_init: float = 0.0  # backout_lambda init
+    mtp_num_heads: int = 0  # multi-token-prediction heads (training loss only, not exported)
+    mtp_loss_weight: float = 0.2
     # ---- end PR #325
 
     # ---- PR #363 (family "pr363"): fields added by golf_core/model/pr363.py's author
@@ -124,6 +134,19 @@ class ModelConfig:
     # ---- end PR #363
 
     # ---- PR #1204 (family "pr1204"): fields added by golf_core/model/pr1204.py's author
+    # Its script's Hyperparameters, defaults as there; it also reads recur_layers,
+    # recur_start_step, parallel_start_layer and the shared extras above. Its MLP_MULT is a
+    # float (3.0); here the int mlp_mult.
+    ve_enabled: bool = True  # value embedding (one shared table) added to v on ve_layers
+    ve_dim: int = 128
+    ve_layers: tuple[int, ...] = (9, 10)  # *virtual* layer indices
+    negative_slope: float = 0.5  # MLP activation LeakyReLU(slope)^2
+    disable_layer0_attn: bool = False  # virtual layer 0 runs its MLP only
+    repeat_untie_mlp: str = "none"  # none | down | full: own MLP weights for the repeat
+    repeat_untie_mlp_layers: tuple[int, ...] = ()  # subset of recur_layers; () = all of them
+    parallel_residual: bool = False  # two residual lanes from parallel_start_layer on
+    parallel_start_layer_is_physical: bool = True  # compare the start with the physical index
+    canon_ac_layers: tuple[int, ...] = ()  # physical layers with canon residual convolutions
     # ---- end PR #1204
 
 

@@ -1,0 +1,667 @@
+"""PR #325's looped middle-cycle GPT (family "pr325"), with the script's state-dict names.
+
+Source: openai/parameter-golf PR #325, `records/track_non_record_16mb/
+2026-03-21_LoopedTransformerDesign_1.1462/train_gpt.py` (../shared/reference/SOURCE), class
+`GPT` with LOOP_CORE_LAYERS > 0 and LOOP_REPEATS > 1: the model PR #363's 3x3 / 2x5 loop
+experiments ran on. Its forward:
+
+- input: `tok_emb` (+ `bigram`, BigramHash: the (previous, current) token pair hashed into
+  BIGRAM_VOCAB_SIZE rows, embedded at BIGRAM_DIM, projected to the width, times a learned
+  scale), RMSNorm, then `smear` (SmearGate: a per-dim sigmoid gate blends each position with
+  the previous one). That is x0, which every block mixes back in through its `resid_mix`.
+- stem: the first (NUM_LAYERS - LOOP_CORE_LAYERS) // 2 blocks (`stem_blocks`); each output
+  is pushed for the U-Net skips.
+- core: LOOP_CORE_LAYERS blocks (`loop_blocks`) run LOOP_REPEATS times. Repeat r first adds
+  `loop_repeat_embed[r]`; it runs the attention blocks when r % LOOP_ATTN_EVERY == 0 or r is
+  the last repeat, else as many attention-free `refine_blocks` (RefinementBlock: resid_mix, a
+  gated mix with the RMS-normed previous position, a relu^2 MLP of REFINE_MLP_MULT). After
+  every block use, that use's own `LoopAdapter` adds a relu^2 low-rank branch times a per-dim
+  `adapter_scale` (repeat r, block b: `loop_adapters[r * C + b]`).
+- tail: the other blocks (`tail_blocks`); tail j first adds `skip_weights[j] * pop()`.
+- optional backout (subtract `backout_lambda` x the stream after virtual layer
+  BACKOUT_LAYER), final RMSNorm, tied or untied head, tanh softcap; in training, MTP heads
+  (head k predicts token t + k + 2) add MTP_LOSS_WEIGHT x their mean loss.
+
+Blocks are upstream's with the script's extras: partial RoPE (first ROPE_DIMS dims of a head,
+base NTK-scaled past 1024 tokens), XSA on the last XSA_LAST_N attention blocks (stem, core,
+tail order), LN scale (norm outputs x 1/sqrt(v + 1), v = virtual depth; refinement steps
+unscaled); orthogonal init of every >= 64 x 64 linear, out-projections x 1/sqrt(2 * depth).
+Not ported (no preset uses it): the non-looped path (LOOP_CORE_LAYERS=0 or LOOP_REPEATS=1).
+The script's MLP_MULT is a float; ModelConfig.mlp_mult (int) holds the published 3.0.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from golf_core.config import ModelConfig
+from golf_core.model.layers import CastedLinear, rms_norm, zero_init
+
+FAMILY = "pr325"
+PR = 325
+SOURCE = "pr325_looped_middle_cycle_train_gpt.py"
+IDENTIFYING_KEYS = ("stem_blocks.", "loop_blocks.", "refine_blocks.", "tail_blocks.")
+# the script's CONTROL_TENSOR_NAME_PATTERNS, plus the BigramHash table it trains with Adam
+CONTROL_PATTERNS: tuple[str, ...] = (
+    "attn_scale", "attn_scales", "mlp_scale", "mlp_scales", "resid_mix", "resid_mixes",
+    "q_gain", "skip_weight", "skip_weights", "smear", "backout_lambda", "adapter_scale",
+    "loop_repeat_embed", "bigram.embed",
+)  # fmt: skip
+ROPE_TRAIN_SEQ_LEN = 1024  # every Rotary of the script has train_seq_len=1024 (NTK above)
+BIGRAM_SCALE_INIT = 0.05  # the script's BigramHashEmbedding.scale init
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+_RECORD = dict(
+    family=FAMILY, num_layers=6, model_dim=640, num_heads=10, num_kv_heads=5, mlp_mult=3,
+    loop_core_layers=2, loop_repeats=5, loop_attn_every=2, refine_mlp_mult=1.0,
+    refine_local_mix=True, loop_adapter_dim=64, loop_repeat_embed=True,
+    bigram_vocab_size=2048, bigram_dim=128, xsa_last_n=4, rope_dims=16, ln_scale=True,
+)  # fmt: skip
+PRESETS: dict[str, dict] = {
+    # PR #325's README command (stem 2, core 2 x 5 attending on repeats 0, 2, 4, tail 2: 14
+    # virtual layers); 25,607,485 parameters (its train.log: model_params)
+    "pr325": _RECORD,
+    # PR #363's 3x3 vs 2x5 on this model ("both configs used 640d, 8 attention heads with 4
+    # KV heads, 3x MLP ... from the PR #325 base", its writeup): 3 / 3 x 3 / 3 (9 blocks, 15
+    # virtual) and 2 / 2 x 5 / 2 (6 blocks, 14 virtual); the rest as the record
+    "pr363-3x3": {**_RECORD, "num_heads": 8, "num_kv_heads": 4, "num_layers": 9,
+                  "loop_core_layers": 3, "loop_repeats": 3},
+    "pr363-2x5": {**_RECORD, "num_heads": 8, "num_kv_heads": 4, "num_layers": 6,
+                  "loop_core_layers": 2, "loop_repeats": 5},
+}  # fmt: skip
+
+
+def validate(cfg: ModelConfig) -> None:
+    """The script's constructor checks (ValueError), and NotImplementedError for its
+    non-looped path."""
+    if cfg.loop_core_layers <= 0 or cfg.loop_repeats <= 1:
+        raise NotImplementedError(
+            f"family 'pr325' needs LOOP_CORE_LAYERS > 0 and LOOP_REPEATS > 1 (got "
+            f"{cfg.loop_core_layers}, {cfg.loop_repeats}): the non-looped path is not ported")
+    hd = cfg.model_dim // cfg.num_heads
+    checks = {
+        f"loop_core_layers={cfg.loop_core_layers} <= num_layers={cfg.num_layers}":
+            cfg.loop_core_layers <= cfg.num_layers,
+        "num_heads divides model_dim, num_kv_heads divides num_heads":
+            cfg.model_dim % cfg.num_heads == 0 and cfg.num_heads % cfg.num_kv_heads == 0,
+        f"even head_dim={hd} and rope_dims={cfg.rope_dims} <= head_dim":
+            hd % 2 == 0 and cfg.rope_dims % 2 == 0 and 0 <= cfg.rope_dims <= hd,
+        "loop_attn_every >= 1": cfg.loop_attn_every >= 1,
+        "refine_mlp_mult, loop_adapter_dim, mtp_num_heads >= 0":
+            min(cfg.refine_mlp_mult, cfg.loop_adapter_dim, cfg.mtp_num_heads) >= 0,
+        f"0 <= backout_layer <= num_layers={cfg.num_layers}":
+            0 <= cfg.backout_layer <= cfg.num_layers,
+        "logit_softcap > 0": cfg.logit_softcap > 0,
+    }  # fmt: skip
+    failed = [what for what, ok in checks.items() if not ok]
+    if failed:
+        raise ValueError(f"family 'pr325' needs {'; '.join(failed)}")
+
+
+# ----------------------------------------------------------------------------- layers
+
+
+class NTKPartialRotary(nn.Module):
+    """PR #325's RoPE tables over the first `rope_dims` dims of a head (0 = all), the base
+    NTK-scaled by (T / 1024)^(rd / (rd - 2)) when T > 1024. No cache, no state."""
+
+    def __init__(self, head_dim: int, base: float, rope_dims: int) -> None:
+        super().__init__()
+        self.rd, self.base = rope_dims or head_dim, base
+
+    def forward(self, seq_len: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        base, rd = self.base, self.rd
+        if seq_len > ROPE_TRAIN_SEQ_LEN:
+            base = base * (seq_len / ROPE_TRAIN_SEQ_LEN) ** (rd / (rd - 2))
+        inv_freq = 1.0 / base ** (torch.arange(0, rd, 2, dtype=torch.float32, device=device) / rd)
+        freqs = torch.outer(torch.arange(seq_len, device=device, dtype=torch.float32), inv_freq)
+        return freqs.cos()[None, None], freqs.sin()[None, None]  # (1, 1, T, rd/2) each
+
+
+def apply_partial_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """PR #325: rotate the two halves of the first 2 * cos.size(-1) dims, pass the rest."""
+    half = cos.size(-1)
+    x1, x2, rest = x[..., :half], x[..., half : 2 * half], x[..., 2 * half :]
+    return torch.cat((x1 * cos + x2 * sin, x1 * (-sin) + x2 * cos, rest), dim=-1)
+
+
+def _vec(p: Tensor, like: Tensor) -> Tensor:
+    return p.to(like.dtype)[None, None, :]
+
+
+def _mix(resid_mix: Tensor, x: Tensor, x0: Tensor) -> Tensor:
+    mix = resid_mix.to(x.dtype)
+    return mix[0][None, None, :] * x + mix[1][None, None, :] * x0
+
+
+def _shift(x: Tensor) -> Tensor:
+    """x one position later along T, zeros at t = 0: (B, T, D)."""
+    return F.pad(x, (0, 0, 1, -1))
+
+
+class Attention(nn.Module):
+    """PR #325's GQA attention: RMS-normed q/k, partial RoPE, per-head q_gain, and XSA (each
+    head's output minus its component along its own unit value) where `use_xsa`."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        dim, self.num_heads, self.num_kv_heads = cfg.model_dim, cfg.num_heads, cfg.num_kv_heads
+        self.head_dim = dim // cfg.num_heads
+        self.c_q = CastedLinear(dim, dim, bias=False)
+        self.c_k = CastedLinear(dim, self.num_kv_heads * self.head_dim, bias=False)
+        self.c_v = CastedLinear(dim, self.num_kv_heads * self.head_dim, bias=False)
+        self.proj = zero_init(CastedLinear(dim, dim, bias=False))
+        self.q_gain = nn.Parameter(torch.full((cfg.num_heads,), cfg.qk_gain_init))
+        self.use_xsa = False
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        B, T, D = x.shape
+        H, Hkv, Dh = self.num_heads, self.num_kv_heads, self.head_dim
+        q = rms_norm(self.c_q(x).reshape(B, T, H, Dh).transpose(1, 2))  # (B, H, T, Dh)
+        k = rms_norm(self.c_k(x).reshape(B, T, Hkv, Dh).transpose(1, 2))  # (B, Hkv, T, Dh)
+        v = self.c_v(x).reshape(B, T, Hkv, Dh).transpose(1, 2)
+        cos, sin = cos.to(q.dtype), sin.to(q.dtype)
+        q, k = apply_partial_rotary(q, cos, sin), apply_partial_rotary(k, cos, sin)
+        q = q * self.q_gain.to(q.dtype)[None, :, None, None]
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=Hkv != H)
+        if self.use_xsa:  # query head h reads KV head h // (H / Hkv), as in the GQA above
+            y = y.reshape(B, Hkv, H // Hkv, T, Dh)
+            vn = F.normalize(v, dim=-1).unsqueeze(2)  # (B, Hkv, 1, T, Dh)
+            y = (y - (y * vn).sum(-1, keepdim=True) * vn).reshape(B, H, T, Dh)
+        return self.proj(y.transpose(1, 2).reshape(B, T, D))
+
+
+class MLP(nn.Module):
+    """relu^2 MLP with PR #325's float multiple: hidden = max(1, int(mult * dim))."""
+
+    def __init__(self, dim: int, mult: float) -> None:
+        super().__init__()
+        hidden = max(1, int(mult * dim))
+        self.fc = CastedLinear(dim, hidden, bias=False)
+        self.proj = zero_init(CastedLinear(hidden, dim, bias=False))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(torch.relu(self.fc(x)).square())
+
+
+class Block(nn.Module):
+    """Upstream's block with PR #325's LN scale `s` on both norm outputs."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        d = cfg.model_dim
+        self.attn, self.mlp = Attention(cfg), MLP(d, cfg.mlp_mult)
+        self.attn_scale = nn.Parameter(torch.ones(d))
+        self.mlp_scale = nn.Parameter(torch.ones(d))
+        self.resid_mix = nn.Parameter(torch.stack((torch.ones(d), torch.zeros(d))))
+
+    def forward(self, x: Tensor, x0: Tensor, rope: tuple[Tensor, Tensor], s: float) -> Tensor:
+        x = _mix(self.resid_mix, x, x0)  # (B, T, D)
+        x = x + _vec(self.attn_scale, x) * self.attn(rms_norm(x) * s, *rope)
+        return x + _vec(self.mlp_scale, x) * self.mlp(rms_norm(x) * s)
+
+
+class RefinementBlock(nn.Module):
+    """PR #325's attention-free core step: resid_mix; x = (1-g) x + g shift(norm x) with
+    g = sigmoid(local_mix_gate) (REFINE_LOCAL_MIX); + mlp_scale * MLP (REFINE_MLP_MULT > 0)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        d, has_mlp = cfg.model_dim, cfg.refine_mlp_mult > 0
+        self.mlp = MLP(d, cfg.refine_mlp_mult) if has_mlp else None
+        self.local_mix_gate = nn.Parameter(torch.zeros(d))  # there even when the mix is off
+        self.enable_local_mix = cfg.refine_local_mix
+        self.mlp_scale = nn.Parameter(torch.ones(d)) if has_mlp else None
+        self.resid_mix = nn.Parameter(torch.stack((torch.ones(d), torch.zeros(d))))
+
+    def forward(self, x: Tensor, x0: Tensor) -> Tensor:
+        x = _mix(self.resid_mix, x, x0)
+        if self.enable_local_mix:
+            g = torch.sigmoid(_vec(self.local_mix_gate, x))
+            x = (1 - g) * x + g * _shift(rms_norm(x))
+        if self.mlp is not None:
+            x = x + _vec(self.mlp_scale, x) * self.mlp(rms_norm(x))
+        return x
+
+
+class LoopAdapter(nn.Module):
+    """PR #325: adapter_scale * up(relu(down(norm x))^2), up zero-init; one per core use."""
+
+    def __init__(self, dim: int, rank: int) -> None:
+        super().__init__()
+        self.down = CastedLinear(dim, rank, bias=False)
+        self.up = zero_init(CastedLinear(rank, dim, bias=False))
+        self.adapter_scale = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return _vec(self.adapter_scale, x) * self.up(torch.relu(self.down(rms_norm(x))).square())
+
+
+class SmearGate(nn.Module):
+    """PR #325: x = (1 - g) x + g x_prev per dim, g = sigmoid(gate), gate zero-init."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.gate = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        g = torch.sigmoid(_vec(self.gate, x))
+        return (1 - g) * x + g * _shift(x)
+
+
+class BigramHash(nn.Module):
+    """PR #325's BigramHash: row (36313 cur XOR 27191 prev) mod (rows - 1) in int32, row
+    rows - 1 at t = 0; embedded, projected to the width (unless equal), times `scale`."""
+
+    def __init__(self, rows: int, dim: int, model_dim: int) -> None:
+        super().__init__()
+        self.rows = rows
+        self.embed = nn.Embedding(rows, dim)
+        nn.init.zeros_(self.embed.weight)
+        self.proj = CastedLinear(dim, model_dim, bias=False) if dim != model_dim else None
+        if self.proj is not None:  # zero, unless the GPT's orthogonal init reaches it (>= 64)
+            nn.init.zeros_(self.proj.weight)
+        self.scale = nn.Parameter(torch.tensor(BIGRAM_SCALE_INIT))
+
+    def forward(self, ids: Tensor) -> Tensor:
+        t, mod = ids.to(torch.int32), self.rows - 1
+        idx = torch.full_like(t, mod)
+        idx[:, 1:] = torch.bitwise_xor(36313 * t[:, 1:], 27191 * t[:, :-1]) % mod
+        h = self.embed(idx.long())
+        h = self.proj(h) if self.proj is not None else h
+        return h * self.scale.to(h.dtype)
+
+
+# ----------------------------------------------------------------------------- schedule
+
+
+@dataclass(frozen=True)
+class Step:
+    """One virtual layer: module `kind` (stem/core/refine/tail) `index`, loop `repeat` (-1
+    outside the core), `physical` (stem, loop, tail blocks in order, then refinement blocks),
+    `ln_scale` (the norm-output factor; 1.0 on refinement steps)."""
+
+    kind: str
+    index: int
+    repeat: int
+    physical: int
+    ln_scale: float
+
+
+@dataclass(frozen=True)
+class LoopSchedule:
+    """The virtual layers of PR #325's forward, in order."""
+
+    steps: tuple[Step, ...]
+
+    @property
+    def depth(self) -> int:
+        return len(self.steps)
+
+    @property
+    def virtual_to_physical(self) -> list[int]:
+        return [s.physical for s in self.steps]
+
+    @property
+    def cycle(self) -> list[int]:
+        """The loop repeat of each core step, 0 for stem and tail."""
+        return [max(s.repeat, 0) for s in self.steps]
+
+
+def build_schedule(cfg: ModelConfig) -> LoopSchedule:
+    """Stem, then per repeat the C attention or refinement blocks, then tail."""
+    C, R = cfg.loop_core_layers, cfg.loop_repeats
+    S = (cfg.num_layers - C) // 2
+    T = cfg.num_layers - C - S
+    raw = [("stem", i, -1, i) for i in range(S)]
+    for r in range(R):
+        attn = r % cfg.loop_attn_every == 0 or r == R - 1
+        raw += [("core", b, r, S + b) if attn else ("refine", b, r, S + C + T + b)
+                for b in range(C)]  # fmt: skip
+    raw += [("tail", j, -1, S + C + j) for j in range(T)]
+    return LoopSchedule(tuple(
+        Step(kind, i, r, p, 1.0 / math.sqrt(v + 1) if cfg.ln_scale and kind != "refine" else 1.0)
+        for v, (kind, i, r, p) in enumerate(raw)
+    ))  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- the model
+
+_LISTS = {"stem": "stem_blocks", "core": "loop_blocks", "refine": "refine_blocks",
+          "tail": "tail_blocks"}  # fmt: skip
+
+
+class Model(nn.Module):
+    """PR #325's looped `GPT`. forward(input_ids, target_ids=None, *, num_iters=None): logits
+    (B, T, V), or the mean cross-entropy (+ the MTP term in training). `num_iters` must be
+    None or LOOP_REPEATS: repeat embeddings and adapters exist for the trained repeats only."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        validate(cfg)
+        self.cfg, self.schedule = cfg, build_schedule(cfg)
+        d, C = cfg.model_dim, cfg.loop_core_layers
+        S = (cfg.num_layers - C) // 2
+        T = cfg.num_layers - C - S
+        self.num_skips = min(S, T)
+        # modules in the script's order: same RNG draws, so the same init under a seed
+        self.tok_emb = nn.Embedding(cfg.vocab_size, d)
+        self.bigram = None
+        if cfg.bigram_vocab_size > 0:
+            self.bigram = BigramHash(cfg.bigram_vocab_size, cfg.bigram_dim, d)
+        self.smear = SmearGate(d)
+        self.stem_blocks = nn.ModuleList(Block(cfg) for _ in range(S))
+        self.loop_blocks = nn.ModuleList(Block(cfg) for _ in range(C))
+        self.refine_blocks = nn.ModuleList(RefinementBlock(cfg) for _ in range(C))
+        n_adapters = C * cfg.loop_repeats if cfg.loop_adapter_dim else 0
+        self.loop_adapters = nn.ModuleList(
+            LoopAdapter(d, cfg.loop_adapter_dim) for _ in range(n_adapters))
+        self.tail_blocks = nn.ModuleList(Block(cfg) for _ in range(T))
+        self.loop_repeat_embed = None
+        if cfg.loop_repeat_embed:
+            self.loop_repeat_embed = nn.Parameter(torch.zeros(cfg.loop_repeats, d))
+        self.backout_lambda = None
+        if cfg.backout_layer > 0:
+            self.backout_lambda = nn.Parameter(torch.tensor(float(cfg.backout_init)))
+        # (0, d) and frozen without skips: the script keeps the key
+        self.skip_weights = nn.Parameter(torch.ones(self.num_skips, d), self.num_skips > 0)
+        self.rotary = NTKPartialRotary(d // cfg.num_heads, cfg.rope_base, cfg.rope_dims)
+        self.lm_head = None
+        if not cfg.tie_embeddings:
+            self.lm_head = zero_init(CastedLinear(d, cfg.vocab_size, bias=False))
+        self.mtp_heads = nn.ModuleList(zero_init(CastedLinear(d, cfg.vocab_size, bias=False))
+                                       for _ in range(cfg.mtp_num_heads))  # fmt: skip
+        attn_blocks = [*self.stem_blocks, *self.loop_blocks, *self.tail_blocks]
+        for block in attn_blocks[max(0, len(attn_blocks) - cfg.xsa_last_n):]:
+            block.attn.use_xsa = cfg.xsa_last_n > 0
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        if self.cfg.tie_embeddings:
+            nn.init.normal_(self.tok_emb.weight, mean=0.0, std=self.cfg.tied_embed_init_std)
+        for name, m in self.named_modules():
+            if not isinstance(m, nn.Linear):
+                continue
+            if getattr(m, "_zero_init", False):
+                nn.init.zeros_(m.weight)
+            elif min(m.weight.shape) >= 64:
+                nn.init.orthogonal_(m.weight, gain=1.0)
+                if name.endswith(".proj") or ".proj." in name:
+                    with torch.no_grad():
+                        m.weight.mul_(1.0 / math.sqrt(2 * self.schedule.depth))
+
+    def _module(self, step: Step) -> nn.Module:
+        return getattr(self, _LISTS[step.kind])[step.index]
+
+    def _uses(self, m: nn.Module) -> int:
+        return sum(self._module(s) is m for s in self.schedule.steps)
+
+    def core_modules(self) -> list[nn.Module]:
+        """The loop blocks and the refinement blocks the schedule runs (QAT "core")."""
+        return [m for m in [*self.loop_blocks, *self.refine_blocks] if self._uses(m)]
+
+    # --- forward ---------------------------------------------------------------------------
+
+    def _backbone(self, input_ids: Tensor, num_iters: int | None, collect: bool) -> list[Tensor]:
+        """The stream after each virtual layer if `collect`, then the one the final norm
+        reads (after backout)."""
+        if num_iters not in (None, self.cfg.loop_repeats):
+            raise ValueError(f"num_iters={num_iters}: PR #325's loop has repeat embeddings and "
+                             f"adapters for LOOP_REPEATS={self.cfg.loop_repeats} repeats only")
+        x = self.tok_emb(input_ids)
+        if self.bigram is not None:
+            x = x + self.bigram(input_ids)
+        x = x0 = self.smear(rms_norm(x))  # (B, T, D)
+        rope = self.rotary(input_ids.size(1), input_ids.device)
+        skips, hidden, backout = [], [], None
+        for v, s in enumerate(self.schedule.steps):
+            if s.kind == "tail" and s.index < self.num_skips and skips:
+                x = x + _vec(self.skip_weights[s.index], x) * skips.pop()
+            if s.repeat >= 0 and s.index == 0 and self.loop_repeat_embed is not None:
+                x = x + _vec(self.loop_repeat_embed[s.repeat], x)
+            block = self._module(s)
+            x = block(x, x0) if s.kind == "refine" else block(x, x0, rope, s.ln_scale)
+            if s.repeat >= 0 and len(self.loop_adapters):
+                x = x + self.loop_adapters[s.repeat * self.cfg.loop_core_layers + s.index](x)
+            if s.kind == "stem" and len(skips) < self.num_skips:
+                skips.append(x)
+            if self.backout_lambda is not None and v + 1 == self.cfg.backout_layer:
+                backout = x
+            if collect:
+                hidden.append(x)
+        if backout is not None:
+            x = x - self.backout_lambda.to(x.dtype) * backout
+        return hidden + [x]
+
+    def forward_hidden(self, input_ids: Tensor, *, num_iters: int | None = None) -> list[Tensor]:
+        """The stream (B, T, D) after each virtual layer (stem, every core step, tail), before
+        the final norm (and the backout, if on). Length = effective depth."""
+        return self._backbone(input_ids, num_iters, collect=True)[:-1]
+
+    def _logits(self, head: nn.Module | None, x: Tensor) -> Tensor:
+        logits = F.linear(x, self.tok_emb.weight.to(x.dtype)) if head is None else head(x)
+        return self.cfg.logit_softcap * torch.tanh(logits / self.cfg.logit_softcap)
+
+    def forward(
+        self, input_ids: Tensor, target_ids: Tensor | None = None, *, num_iters: int | None = None
+    ) -> Tensor:
+        x = rms_norm(self._backbone(input_ids, num_iters, collect=False)[-1])  # final norm
+        logits = self._logits(self.lm_head, x)  # (B, T, V)
+        if target_ids is None:
+            return logits
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), target_ids.flatten())
+        if not (self.training and len(self.mtp_heads) and self.cfg.mtp_loss_weight > 0):
+            return loss
+        terms = [  # MTP head k: target k + 1 steps further on, from the same position
+            F.cross_entropy(self._logits(h, x[:, : x.size(1) - k - 1]).flatten(0, 1).float(),
+                            target_ids[:, k + 1 :].flatten())
+            for k, h in enumerate(self.mtp_heads) if x.size(1) > k + 1
+        ]  # fmt: skip
+        return loss + self.cfg.mtp_loss_weight * torch.stack(terms).mean() if terms else loss
+
+    # --- accounting ------------------------------------------------------------------------
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Stored parameters; `shared` = those of the modules run more than once (loop and
+        refinement blocks), `unrolled` counts each use; `physical_layers` = NUM_LAYERS."""
+        total = sum(p.numel() for p in self.parameters())
+        shared = extra = 0
+        for m in [*self.loop_blocks, *self.refine_blocks]:
+            n, k = sum(p.numel() for p in m.parameters()), self._uses(m)
+            shared, extra = shared + n * (k > 1), extra + n * max(k - 1, 0)
+        return {"total": total, "unique": total - shared, "shared": shared,
+                "unrolled": total + extra, "physical_layers": self.cfg.num_layers,
+                "effective_depth": self.schedule.depth}  # fmt: skip
+
+    def matmul_params_per_token(self) -> int:
+        """Weights of every matmul per token: each virtual layer's linears, the adapters, the
+        bigram projection, the LM head and the (training) MTP heads (benchmarks/flops.py)."""
+        def n(m: nn.Module | None) -> int:
+            mods = m.modules() if m is not None else []
+            return sum(x.weight.numel() for x in mods if isinstance(x, nn.Linear))
+
+        per_layer = sum(n(self._module(s)) for s in self.schedule.steps)
+        extras = n(self.loop_adapters) + n(self.bigram) + n(self.mtp_heads)
+        return per_layer + extras + self.cfg.vocab_size * self.cfg.model_dim
+
+    def attention_layers(self) -> int:
+        """Virtual layers that run attention (refinement steps do not)."""
+        return sum(s.kind != "refine" for s in self.schedule.steps)
+
+    # --- routing ---------------------------------------------------------------------------
+
+    def routing_tables(self) -> dict[str, pd.DataFrame]:
+        """`skip_weights`, `resid_mix` (a row per virtual layer, NaN where a refinement block
+        has no such tensor), `lanes` (none), `embeddings` (loop_repeat_embed rows), `params`,
+        `adapters` (a row per LoopAdapter) and `gates` (SmearGate and local-mix gates through
+        their sigmoid, bigram scale, backout lambda); columns as golf_core.analysis."""
+        from golf_core.analysis import LANE_COLUMNS  # lazy: analysis imports the model package
+
+        S, T, depth = len(self.stem_blocks), len(self.tail_blocks), self.schedule.depth
+        skips = pd.DataFrame(
+            [{"skip": j, "encoder_layer": S - 1 - j, "decoder_layer": depth - T + j, **_stats(w)}
+             for j, w in enumerate(_f(self.skip_weights))],
+            columns=["skip", "encoder_layer", "decoder_layer", "mean", "abs_mean", "std"],
+        ).astype({"encoder_layer": "Int64", "decoder_layer": "Int64"})  # fmt: skip
+        table = self.loop_repeat_embed if self.loop_repeat_embed is not None else torch.empty(0)
+        embeds = [{"name": "loop_repeat_embed", "index": i, "norm": r.norm().item(),
+                   "rms": r.norm().item() / r.numel() ** 0.5} for i, r in enumerate(_f(table))]
+        C = self.cfg.loop_core_layers
+        attn = {s.repeat: s.kind == "core" for s in self.schedule.steps}
+        adapters = [{"adapter": i, "repeat": i // C, "block": i % C, "attn": attn[i // C],
+                     **{f"adapter_scale_{k}": x for k, x in _stats(_f(a.adapter_scale)).items()},
+                     "down_norm": _f(a.down.weight).norm().item(),
+                     "up_norm": _f(a.up.weight).norm().item()}
+                    for i, a in enumerate(self.loop_adapters)]  # fmt: skip
+        return {
+            "skip_weights": skips,
+            "resid_mix": pd.DataFrame([self._layer_row(v, s) for v, s in
+                                       enumerate(self.schedule.steps)]),
+            "lanes": pd.DataFrame(columns=list(LANE_COLUMNS)),
+            "embeddings": pd.DataFrame(embeds, columns=["name", "index", "norm", "rms"]),
+            "params": pd.DataFrame([{"family": FAMILY, "variant": FAMILY,
+                                     **self.parameter_counts()}]),
+            "adapters": pd.DataFrame(adapters, columns=[
+                "adapter", "repeat", "block", "attn", "adapter_scale_mean",
+                "adapter_scale_abs_mean", "adapter_scale_std", "down_norm", "up_norm"]),
+            "gates": self._gate_table(),
+        }  # fmt: skip
+
+    def _layer_row(self, v: int, s: Step) -> dict[str, object]:
+        m, attn = self._module(s), s.kind != "refine"
+        mix, nan = _f(m.resid_mix), float("nan")
+        return {
+            "layer": v, "physical": s.physical, "cycle": max(s.repeat, 0), "kind": s.kind,
+            "module": f"{_LISTS[s.kind]}.{s.index}", "controls": "own",
+            "x_coef_mean": mix[0].mean().item(), "x0_coef_mean": mix[1].mean().item(),
+            "x_coef_abs_mean": mix[0].abs().mean().item(),
+            "x0_coef_abs_mean": mix[1].abs().mean().item(),
+            "attn_scale_abs_mean": _f(m.attn_scale).abs().mean().item() if attn else nan,
+            "mlp_scale_abs_mean": _f(m.mlp_scale).abs().mean().item()
+            if m.mlp_scale is not None else nan,
+            "q_gain_mean": _f(m.attn.q_gain).mean().item() if attn else nan,
+            "ln_scale": s.ln_scale, "xsa": attn and m.attn.use_xsa,
+        }  # fmt: skip
+
+    def _gate_table(self) -> pd.DataFrame:
+        gates = [("smear.gate", "smear", self.smear.gate, True)] + [
+            (f"refine_blocks.{b}.local_mix_gate", "local_mix", r.local_mix_gate,
+             r.enable_local_mix) for b, r in enumerate(self.refine_blocks)]  # fmt: skip
+        rows = [{"name": name, "kind": kind, "enabled": on, "raw_mean": _f(p).mean().item(),
+                 **{f"sigmoid_{k}": getattr(torch.sigmoid(_f(p)), k)().item()
+                    for k in ("mean", "min", "max")}}
+                for name, kind, p, on in gates]  # fmt: skip
+        scales = (("bigram.scale", self.bigram.scale if self.bigram is not None else None),
+                  ("backout_lambda", self.backout_lambda))  # fmt: skip
+        rows += [{"name": n, "kind": "scale", "enabled": True, "raw_mean": _f(p).item()}
+                 for n, p in scales if p is not None]
+        return pd.DataFrame(rows, columns=["name", "kind", "enabled", "raw_mean",
+                                           "sigmoid_mean", "sigmoid_min", "sigmoid_max"])
+
+
+def _f(t: Tensor) -> Tensor:
+    return t.detach().float()
+
+
+def _stats(t: Tensor) -> dict[str, float]:
+    return {"mean": t.mean().item(), "abs_mean": t.abs().mean().item(), "std": t.std().item()}
+
+
+# ----------------------------------------------------------------------------- state dicts
+
+
+def _count(sd: Mapping[str, Tensor], prefix: str) -> int:
+    idx = {int(k[len(prefix) :].split(".")[0]) for k in sd if k.startswith(prefix)}
+    return max(idx) + 1 if idx else 0
+
+
+def config_from_state_dict(
+    state_dict: Mapping[str, Tensor], base: ModelConfig | None = None
+) -> ModelConfig:
+    """`base` as family "pr325" with what the shapes fix: vocab, width, heads, KV heads,
+    mlp_mult, tie, num_layers and loop_core_layers (stem/core/tail counts), loop_repeats
+    (loop_repeat_embed rows, else adapters / core), loop_repeat_embed, loop_adapter_dim,
+    refine_mlp_mult, bigram_vocab_size, bigram_dim, mtp_num_heads.
+
+    From `base` (default: the "pr325" preset, i.e. PR #325's record command), since no shape
+    tells them: loop_attn_every, refine_local_mix, xsa_last_n, rope_dims, ln_scale, rope_base,
+    logit_softcap, mtp_loss_weight, backout_layer (needed when there is a backout_lambda),
+    loop_repeats without repeat embeddings or adapters (and the init-only qk_gain_init,
+    tied_embed_init_std, backout_init)."""
+    sd = {k.removeprefix("_orig_mod."): v for k, v in state_dict.items()}  # torch.compile'd
+    if "tok_emb.weight" not in sd or "loop_blocks.0.attn.q_gain" not in sd:
+        raise ValueError("state dict lacks tok_emb.weight / loop_blocks.0.attn.q_gain: "
+                         "not PR #325's looped GPT")
+    base = base if base is not None else replace(ModelConfig(), **PRESETS["pr325"])
+    vocab, dim = (int(n) for n in sd["tok_emb.weight"].shape)
+    heads = sd["loop_blocks.0.attn.q_gain"].numel()
+    hidden = sd["loop_blocks.0.mlp.fc.weight"].shape[0]
+    if hidden % dim:
+        raise ValueError(f"MLP hidden {hidden} is not a multiple of {dim}: a non-integer "
+                         f"MLP_MULT, which ModelConfig.mlp_mult (int) cannot hold")
+    S, C, T = (_count(sd, p) for p in ("stem_blocks.", "loop_blocks.", "tail_blocks."))
+    if S != (S + T) // 2:
+        raise ValueError(f"stem {S} / tail {T} blocks: the script makes stem = (stem+tail) // 2")
+    adapter = sd.get("loop_adapters.0.down.weight")
+    refine = sd.get("refine_blocks.0.mlp.fc.weight")
+    sizes: dict[str, object] = dict(
+        family=FAMILY, vocab_size=vocab, model_dim=dim, num_heads=heads,
+        num_kv_heads=int(sd["loop_blocks.0.attn.c_k.weight"].shape[0] // (dim // heads)),
+        mlp_mult=hidden // dim, tie_embeddings="lm_head.weight" not in sd,
+        num_layers=S + C + T, loop_core_layers=C, loop_repeat_embed="loop_repeat_embed" in sd,
+        loop_adapter_dim=int(adapter.shape[0]) if adapter is not None else 0,
+        refine_mlp_mult=refine.shape[0] / dim if refine is not None else 0.0,
+        mtp_num_heads=_count(sd, "mtp_heads."),
+        bigram_vocab_size=0, backout_layer=base.backout_layer if "backout_lambda" in sd else 0,
+    )  # fmt: skip
+    if "loop_repeat_embed" in sd:
+        sizes["loop_repeats"] = int(sd["loop_repeat_embed"].shape[0])
+    elif adapter is not None:
+        sizes["loop_repeats"] = _count(sd, "loop_adapters.") // C
+    if "bigram.embed.weight" in sd:
+        sizes["bigram_vocab_size"], sizes["bigram_dim"] = sd["bigram.embed.weight"].shape
+    if "backout_lambda" in sd and base.backout_layer == 0:
+        raise ValueError("state dict has backout_lambda: pass BACKOUT_LAYER in `base`")
+    return replace(base, **sizes)
+
+
+# ----------------------------------------------------------------------------- artifact
+
+
+def read_artifact(path: str | Path) -> dict[str, Tensor] | None:
+    """The dequantized (float32) state dict of the script's `final_model.int6.ptz`: zstd (zlib
+    where zstandard was missing) of torch.save({"w": tensors, "m": meta}); None for any other
+    format. meta[name] is "passthrough"/"passthrough_ctrl" (stored as is, small floats fp16)
+    or {"type": "int6"|"int8"}: int8 codes `name.q` times `name.scale` (per row if a vector)."""
+    blob = Path(path).read_bytes()
+    try:
+        if blob[:4] == _ZSTD_MAGIC:
+            import zstandard
+
+            raw = zstandard.ZstdDecompressor().decompress(blob)
+        else:
+            raw = zlib.decompress(blob)
+        obj = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    except Exception:  # not compressed the script's way, or no torch.save inside
+        return None
+    if not isinstance(obj, dict) or set(obj) != {"w", "m"}:
+        return None
+    out: dict[str, Tensor] = {}
+    for name, info in obj["m"].items():
+        if isinstance(info, str):  # passthrough
+            t = obj["w"][name]
+            out[name] = t.float() if t.is_floating_point() else t
+        else:
+            q, s = obj["w"][name + ".q"].float(), obj["w"][name + ".scale"].float()
+            out[name] = q * (s.view(-1, *([1] * (q.ndim - 1))) if s.ndim else s)
+    return out
