@@ -26,7 +26,6 @@ from torch import Tensor
 
 from golf_core import precision
 from golf_core.config import ConfigError, TrainConfig
-from golf_core.precision import cpu_prefers_bf16, pick_ns_dtype
 
 # What autocast="auto" means on CPU is measured, not assumed (golf_core/precision.py): bf16
 # autocast where a bf16 matmul beats fp32 on this machine (AVX-512 BF16 / AMX), fp32 where
@@ -88,20 +87,11 @@ def pick_backend(device: torch.device) -> tuple[str, str]:
     return "gloo", "CPU tensors: gloo"
 
 
-def pick_autocast(device: torch.device, preference: str) -> tuple[torch.dtype | None, str]:
-    """bf16 autocast on CUDA (upstream); on CPU `auto` is bf16 only where the matmul probe
-    (golf_core.precision) measured bf16 faster than fp32."""
-    if preference not in ("auto", "bf16", "none"):
-        raise ConfigError(f"autocast: {preference!r} is not one of auto, bf16, none")
-    if preference == "none":
-        return None, "autocast=none requested: fp32"
-    if preference == "bf16":
-        return torch.bfloat16, "autocast=bf16 requested"
-    if device.type == "cuda":
-        return torch.bfloat16, "auto on CUDA: bf16 autocast (upstream)"
-    fast, why = cpu_prefers_bf16()
-    return (torch.bfloat16, f"auto on CPU: bf16 autocast ({why})") if fast else (
-        None, f"auto on CPU: fp32 ({why})")
+def pick_autocast(device: torch.device, preference: str,
+                  shape: precision.ProbeShape | None = None) -> tuple[torch.dtype | None, str]:
+    """bf16 autocast on CUDA (upstream); on CPU `auto` is bf16 only where one block at this
+    run's shape measured faster under bf16 autocast than in fp32 (golf_core.precision)."""
+    return precision.pick_autocast(device, preference, shape)
 
 
 def pick_cpu_threads(requested: int, local_world: int) -> tuple[int, str]:
@@ -120,12 +110,12 @@ def pick_cpu_threads(requested: int, local_world: int) -> tuple[int, str]:
 
 def setup_runtime(
     device: str = "auto", autocast: str = "auto", environ: Mapping[str, str] | None = None,
-    threads: int = 0, muon_ns_dtype: str = "auto",
+    threads: int = 0, muon_ns_dtype: str = "auto", shape: precision.ProbeShape | None = None,
 ) -> Runtime:
     """Read torchrun's env, pick device/backend/CPU threads/autocast/Newton-Schulz dtype, init
-    the process group if world > 1. On CPU the dtype choices read one matmul probe, taken
-    after the thread count is set and, in a multi-process run, rank 0's for every rank (so
-    all ranks compute in the same dtype)."""
+    the process group if world > 1. On CPU the dtype choices read probes at `shape` (the
+    run's width and micro-batch), taken after the thread count is set and, in a
+    multi-process run, rank 0's for every rank (so all ranks compute in the same dtype)."""
     environ = os.environ if environ is None else environ
     world = world_size_from_env(environ)
     rank = _env_int(environ, "RANK", 0)
@@ -147,21 +137,27 @@ def setup_runtime(
         if not dist.is_initialized():
             dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
         if dev.type == "cpu":
-            _share_probe(rank)
+            _share_probes(rank, autocast, muon_ns_dtype, shape or precision.ProbeShape())
     reasons["backend"] = backend_why
-    dtype, reasons["autocast"] = pick_autocast(dev, autocast)
-    _ns, reasons["muon_ns_dtype"] = pick_ns_dtype(muon_ns_dtype, dev)
+    dtype, reasons["autocast"] = pick_autocast(dev, autocast, shape)
+    _ns, reasons["muon_ns_dtype"] = precision.pick_ns_dtype(muon_ns_dtype, dev, shape)
     return Runtime(rank, world, local_rank, dev, backend, dtype, reasons)
 
 
-def _share_probe(rank: int) -> None:
-    """Every rank adopts rank 0's matmul probe (timings differ between processes)."""
-    mine = precision.probe() if rank == 0 else None
-    numbers = torch.tensor([mine.fp32_ms, mine.bf16_ms] if mine else [0.0, 0.0],
-                           dtype=torch.float64)
-    dist.broadcast(numbers, src=0)
-    precision.adopt(precision.MatmulProbe(fp32_ms=float(numbers[0]), bf16_ms=float(numbers[1]),
-                                          threads=torch.get_num_threads()))
+def _share_probes(rank: int, autocast: str, ns_dtype: str, shape: precision.ProbeShape) -> None:
+    """Every rank adopts rank 0's probes (timings differ between processes); only the probes
+    an `auto` choice reads are taken."""
+    wanted = [kind for kind, pref in (("autocast", autocast), ("muon_ns_dtype", ns_dtype))
+              if pref == "auto"]
+    measure = {"autocast": precision.block_probe, "muon_ns_dtype": precision.ns_probe}
+    for kind in wanted:
+        mine = measure[kind](shape) if rank == 0 else None
+        numbers = torch.tensor([mine.fp32_ms, mine.bf16_ms] if mine else [0.0, 0.0],
+                               dtype=torch.float64)
+        dist.broadcast(numbers, src=0)
+        what = "block forward+backward" if kind == "autocast" else "newton-schulz"
+        precision.adopt(kind, precision.Probe(what, float(numbers[0]), float(numbers[1]),
+                                              torch.get_num_threads(), shape))
 
 
 def teardown(rt: Runtime, *, finished: bool = False) -> None:

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from golf_core.config import TrainConfig
 from golf_core.model import CONTROL_PATTERNS
-from golf_core.precision import pick_ns_dtype
+from golf_core.precision import ProbeShape, pick_ns_dtype
 
 # Quintic Newton–Schulz coefficients from modded-nanogpt: chosen to push singular values into
 # roughly [0.7, 1.2] in 5 steps (steepest slope at 0) rather than to converge exactly to 1.
@@ -270,7 +270,8 @@ def build_optimizers(model: nn.Module, tcfg: TrainConfig) -> list[torch.optim.Op
         optimizers.append(_adam([p for _, p in groups["head"]], tcfg.head_lr, tcfg))
     if groups["matrix"]:
         matrices = [p for _, p in groups["matrix"]]
-        ns_dtype, _why = pick_ns_dtype(tcfg.muon_ns_dtype, matrices[0].device)
+        shape = ProbeShape.of(model.cfg, tcfg) if hasattr(model, "cfg") else None
+        ns_dtype, _why = pick_ns_dtype(tcfg.muon_ns_dtype, matrices[0].device, shape)
         muon = Muon(
             matrices,
             lr=tcfg.matrix_lr,

@@ -1,41 +1,73 @@
-"""Which dtype is fast on this machine: decided by measuring, once per process.
+"""Which dtype is fast on this machine, for this model: decided by measuring, once per process.
 
-On CPUs the answer differs by orders of magnitude. With native bf16 (AVX-512 BF16 / AMX) a
-bf16 matmul beats fp32; without it (e.g. AVX2-only AMD Zen 3) torch emulates bf16 and a
-256 x 256 bf16 matmul was measured 77x slower than fp32, which made bf16 autocast and bf16
-Newton-Schulz the bulk of a training step there (issue: 630 vs 84 ms/step). So `auto` never
-assumes: `probe()` times one small matmul shape in both dtypes (a few ms on a machine with
-native bf16; it stops early once bf16 is clearly slower) and every `auto` choice
-(autocast, Muon's Newton-Schulz) reads the same cached result. CUDA keeps bf16 (upstream).
-The run header and env.json record the probe's numbers and what they decided.
+On CPUs the answer differs by orders of magnitude and by shape. With native bf16 (AVX-512
+BF16 / AMX) a large bf16 matmul beats fp32; without it (AVX2-only CPUs such as AMD Zen 3)
+torch emulates bf16, and a 256 x 256 bf16 matmul was measured 77x slower than fp32, which made
+bf16 autocast and bf16 Newton-Schulz most of a training step there (630 vs 84 ms/step). And
+even with native bf16, at the report's small widths the casts autocast adds and the CPU flash
+attention kernel (2.5x slower in bf16 at head_dim 16 here) can outweigh the faster matmuls. So
+`auto` never assumes. It times what the run will do:
+
+* autocast: one transformer block (golf_core.model.layers.Block) forward + backward at the
+  run's width, heads and micro-batch, in fp32 and under bf16 autocast;
+* Newton-Schulz: `newton_schulz5_batched` over one block's matrix shapes, in fp32 and bf16.
+
+Each probe takes tens of milliseconds (it stops early once one side is clearly slower), is
+cached per (shape, thread count), and in a multi-process run every rank adopts rank 0's
+numbers (golf_core.distributed). CUDA keeps bf16 (upstream). The run header and env.json
+record the numbers and what they decided.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 
 import torch
 
-from golf_core.config import ConfigError
+from golf_core.config import ConfigError, ModelConfig, TrainConfig
 
-# The shape: a (tokens x width) activation times a (width x width) weight at the report's
-# widths, large enough that kernel choice dominates call overhead.
-PROBE_M, PROBE_K, PROBE_N = 1024, 256, 256
 # bf16 must be at least this much faster to be picked: a near tie goes to fp32, which is
 # exact, casts nothing and is what the tests compare against.
-BF16_MIN_SPEEDUP = 1.15
+BF16_MIN_SPEEDUP = 1.10
 
 
 @dataclass(frozen=True)
-class MatmulProbe:
-    """Best-of-N milliseconds of one (M x K) @ (K x N) matmul per dtype, and the verdict."""
+class ProbeShape:
+    """What the probes run: one block at this width and micro-batch, and its matrices."""
 
+    model_dim: int = 128
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    mlp_mult: int = 2
+    seq_len: int = 256
+    tokens: int = 2048  # one forward's tokens (capped at MAX_PROBE_TOKENS)
+
+    @classmethod
+    def of(cls, mcfg: ModelConfig, tcfg: TrainConfig, local_tokens: int | None = None
+           ) -> ProbeShape:
+        tokens = local_tokens or min(tcfg.train_batch_tokens, tcfg.micro_batch_tokens)
+        seq = max(1, min(tcfg.train_seq_len, tokens))
+        return cls(mcfg.model_dim, mcfg.num_heads, mcfg.num_kv_heads, int(mcfg.mlp_mult), seq,
+                   min(MAX_PROBE_TOKENS, max(seq, tokens - tokens % seq)))
+
+
+MAX_PROBE_TOKENS = 8192
+
+
+@dataclass(frozen=True)
+class Probe:
+    """Best-of-N milliseconds of one operation in fp32 and in bf16, and the verdict."""
+
+    what: str  # "block forward+backward" | "newton-schulz"
     fp32_ms: float
     bf16_ms: float
     threads: int
-    shape: tuple[int, int, int] = (PROBE_M, PROBE_K, PROBE_N)
+    shape: ProbeShape
 
     @property
     def bf16_speedup(self) -> float:
@@ -46,21 +78,22 @@ class MatmulProbe:
         return self.bf16_speedup >= BF16_MIN_SPEEDUP
 
     def describe(self) -> str:
-        m, k, n = self.shape
-        return (f"measured {m}x{k}@{k}x{n} matmul: fp32 {self.fp32_ms:.3f} ms, bf16 "
-                f"{self.bf16_ms:.3f} ms ({self.bf16_speedup:.2f}x; bf16 needs "
-                f">= {BF16_MIN_SPEEDUP}x), {self.threads} threads")
+        s = self.shape
+        return (f"measured {self.what} at d={s.model_dim} tokens={s.tokens}: fp32 "
+                f"{self.fp32_ms:.2f} ms, bf16 {self.bf16_ms:.2f} ms ({self.bf16_speedup:.2f}x; "
+                f"bf16 needs >= {BF16_MIN_SPEEDUP}x), {self.threads} threads")
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "bf16_speedup": self.bf16_speedup, "bf16_faster": self.bf16_faster}
+        return {**asdict(self), "bf16_speedup": self.bf16_speedup,
+                "bf16_faster": self.bf16_faster}
 
 
-def _best_ms(a: torch.Tensor, b: torch.Tensor, repeats: int, budget_s: float) -> float:
-    torch.mm(a, b)  # first call: kernel selection / primitive creation
+def _best_ms(fn: Callable[[], object], repeats: int, budget_s: float) -> float:
+    fn()  # first call: kernel selection, primitive creation, allocations
     best, spent = float("inf"), 0.0
     for _ in range(repeats):
         t0 = time.perf_counter()
-        torch.mm(a, b)
+        fn()
         dt = time.perf_counter() - t0
         best, spent = min(best, dt), spent + dt
         if spent > budget_s:
@@ -68,44 +101,113 @@ def _best_ms(a: torch.Tensor, b: torch.Tensor, repeats: int, budget_s: float) ->
     return 1000.0 * best
 
 
-@lru_cache(maxsize=8)
-def _probe(threads: int) -> MatmulProbe:
+def _pair(fp32: Callable[[], object], bf16: Callable[[], object]) -> tuple[float, float]:
+    """(fp32 ms, bf16 ms), best of a few calls each; an emulated bf16 shows itself in a call
+    or two, so its time is capped at ~10 fp32 calls' worth."""
+    a = _best_ms(fp32, repeats=5, budget_s=0.15)
+    b = _best_ms(bf16, repeats=5, budget_s=max(0.01, 0.01 * a))
+    return a, b
+
+
+@lru_cache(maxsize=16)
+def _block_probe(shape: ProbeShape, threads: int) -> Probe:
+    from golf_core.model.layers import Block
+
+    cfg = ModelConfig(model_dim=shape.model_dim, num_heads=shape.num_heads,
+                      num_kv_heads=shape.num_kv_heads, mlp_mult=shape.mlp_mult)
     gen = torch.Generator().manual_seed(0)
-    a = torch.randn(PROBE_M, PROBE_K, generator=gen)
-    b = torch.randn(PROBE_K, PROBE_N, generator=gen)
-    fp32 = _best_ms(a, b, repeats=9, budget_s=0.05)
-    # a slow emulated bf16 shows itself in a call or two: cap its time at ~20 fp32 calls
-    bf16 = _best_ms(a.bfloat16(), b.bfloat16(), repeats=9, budget_s=max(0.02, 0.02 * fp32))
-    return MatmulProbe(fp32_ms=fp32, bf16_ms=bf16, threads=threads)
+    block = Block(cfg)
+    with torch.no_grad():
+        for p in block.parameters():
+            p.normal_(0.0, 0.05, generator=gen)
+    x = torch.randn(shape.tokens // shape.seq_len, shape.seq_len, shape.model_dim,
+                    generator=gen, requires_grad=True)
+
+    def step(cast: contextlib.AbstractContextManager) -> None:
+        with cast:
+            y = block(x, x)
+        y.float().square().mean().backward()
+        block.zero_grad(set_to_none=True)
+        x.grad = None
+
+    fp32, bf16 = _pair(lambda: step(contextlib.nullcontext()),
+                       lambda: step(torch.autocast("cpu", dtype=torch.bfloat16)))
+    return Probe("block forward+backward", fp32, bf16, threads, shape)
 
 
-_adopted: MatmulProbe | None = None
+@lru_cache(maxsize=16)
+def _ns_probe(shape: ProbeShape, threads: int) -> Probe:
+    from golf_core.optim import newton_schulz5_batched
+
+    d, kv = shape.model_dim, shape.num_kv_heads * (shape.model_dim // shape.num_heads)
+    gen = torch.Generator().manual_seed(0)
+    mats = [torch.randn(r, c, generator=gen)
+            for r, c in ((d, d), (kv, d), (kv, d), (d, d), (shape.mlp_mult * d, d),
+                         (d, shape.mlp_mult * d))]
+    fp32, bf16 = _pair(lambda: newton_schulz5_batched(mats, dtype=torch.float32),
+                       lambda: newton_schulz5_batched(mats, dtype=torch.bfloat16))
+    return Probe("newton-schulz", fp32, bf16, threads, shape)
 
 
-def probe() -> MatmulProbe:
-    """The CPU matmul probe for the current torch thread count (cached per process), or the
-    one `adopt` installed (every rank of a multi-process run uses rank 0's)."""
-    return _adopted if _adopted is not None else _probe(torch.get_num_threads())
+_adopted: dict[str, Probe] = {}  # kind -> rank 0's probe, in a multi-process run
+_measured: dict[str, Probe] = {}  # kind -> the probe this process used last
 
 
-def adopt(result: MatmulProbe | None) -> None:
-    """Make `result` what `probe()` returns in this process (None: measure again)."""
-    global _adopted
-    _adopted = result
+def block_probe(shape: ProbeShape) -> Probe:
+    """fp32 vs bf16-autocast time of one block at `shape` (cached; or rank 0's, adopted)."""
+    p = _adopted.get("autocast") or _block_probe(shape, torch.get_num_threads())
+    _measured["autocast"] = p
+    return p
 
 
-def cpu_prefers_bf16() -> tuple[bool, str]:
-    """(bf16 is faster here, the measurement that says so)."""
-    p = probe()
-    return p.bf16_faster, p.describe()
+def ns_probe(shape: ProbeShape) -> Probe:
+    """fp32 vs bf16 time of Newton-Schulz over one block's matrices (cached or adopted); only
+    the widths matter, not the micro-batch."""
+    widths = dataclasses.replace(shape, seq_len=0, tokens=0)
+    p = _adopted.get("muon_ns_dtype") or _ns_probe(widths, torch.get_num_threads())
+    _measured["muon_ns_dtype"] = p
+    return p
 
 
+def adopt(kind: str, result: Probe | None) -> None:
+    """Make `result` what the `kind` ("autocast" | "muon_ns_dtype") probe returns in this
+    process (None: measure again)."""
+    if result is None:
+        _adopted.pop(kind, None)
+    else:
+        _adopted[kind] = result
+
+
+def probes() -> dict[str, dict]:
+    """The probes this process's dtype choices read, for env.json."""
+    return {kind: p.to_dict() for kind, p in _measured.items()}
+
+
+AUTOCAST_CHOICES = ("auto", "bf16", "none")
 NS_DTYPES = ("auto", "bf16", "fp32")
 
 
-def pick_ns_dtype(preference: str, device: torch.device) -> tuple[torch.dtype, str]:
+def pick_autocast(device: torch.device, preference: str, shape: ProbeShape | None = None
+                  ) -> tuple[torch.dtype | None, str]:
+    """bf16 autocast on CUDA (upstream); on CPU `auto` is bf16 only where the block probe
+    measured bf16 faster than fp32 at this run's shape."""
+    if preference not in AUTOCAST_CHOICES:
+        raise ConfigError(f"autocast: {preference!r} is not one of {', '.join(AUTOCAST_CHOICES)}")
+    if preference == "none":
+        return None, "autocast=none requested: fp32"
+    if preference == "bf16":
+        return torch.bfloat16, "autocast=bf16 requested"
+    if device.type == "cuda":
+        return torch.bfloat16, "auto on CUDA: bf16 autocast (upstream)"
+    p = block_probe(shape or ProbeShape())
+    return (torch.bfloat16, f"auto on CPU: bf16 autocast ({p.describe()})") if p.bf16_faster \
+        else (None, f"auto on CPU: fp32 ({p.describe()})")
+
+
+def pick_ns_dtype(preference: str, device: torch.device, shape: ProbeShape | None = None
+                  ) -> tuple[torch.dtype, str]:
     """Muon's Newton-Schulz dtype: bf16 (upstream, what the Muon fixture checks) or fp32;
-    `auto` = bf16 on CUDA, and on CPU whichever the probe measured faster."""
+    `auto` = bf16 on CUDA, and on CPU whichever the probe measured faster at this width."""
     if preference not in NS_DTYPES:
         raise ConfigError(f"muon_ns_dtype: {preference!r} is not one of {', '.join(NS_DTYPES)}")
     if preference == "bf16":
@@ -114,6 +216,6 @@ def pick_ns_dtype(preference: str, device: torch.device) -> tuple[torch.dtype, s
         return torch.float32, "muon_ns_dtype=fp32 requested"
     if device.type == "cuda":
         return torch.bfloat16, "auto on CUDA: bf16 (upstream)"
-    fast, why = cpu_prefers_bf16()
-    return (torch.bfloat16, f"auto on CPU: bf16 ({why})") if fast else (
-        torch.float32, f"auto on CPU: fp32 ({why})")
+    p = ns_probe(shape or ProbeShape())
+    return (torch.bfloat16, f"auto on CPU: bf16 ({p.describe()})") if p.bf16_faster else (
+        torch.float32, f"auto on CPU: fp32 ({p.describe()})")

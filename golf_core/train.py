@@ -318,6 +318,8 @@ def check_choices(tcfg: TrainConfig) -> None:
         "qat_modules": ("all", "core"),
         "export_scheme": (*SCHEMES, "upstream"),
         "export_compressor": tuple(COMPRESSORS),
+        "autocast": precision.AUTOCAST_CHOICES,
+        "muon_ns_dtype": precision.NS_DTYPES,
     }
     for key, allowed in choices.items():
         if getattr(tcfg, key) not in allowed:
@@ -686,7 +688,7 @@ def open_run_dir(inv: Invocation, rt: Runtime) -> Path:
             session = {"argv": inv.argv, "preset": inv.preset, "scale": inv.scale,
                        "resume": inv.resume, "reasons": dict(rt.reasons)}
             if rt.device.type == "cpu":  # the measurement behind the dtype choices
-                session["precision_probe"] = precision.probe().to_dict()
+                session["precision_probes"] = precision.probes()
             write_run_files(run_dir, {"model": to_dict(inv.mcfg), "train": to_dict(t)},
                             {**env_info(rt.device, rt.world_size), **session}, inv.resume)
             verdict = (str(run_dir), None)
@@ -807,9 +809,10 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         print(json.dumps(config, indent=2))
         return config
     check_choices(inv.tcfg)
-    plan_batches(inv.tcfg, world_size_from_env(environ))  # before any process group
+    plan = plan_batches(inv.tcfg, world_size_from_env(environ))  # before any process group
+    shape = precision.ProbeShape.of(inv.mcfg, inv.tcfg, plan.local_tokens)
     rt = setup_runtime(inv.tcfg.device, inv.tcfg.autocast, environ, inv.tcfg.threads,
-                       inv.tcfg.muon_ns_dtype)
+                       inv.tcfg.muon_ns_dtype, shape)
     finished = False
     try:
         summary = _run(inv, rt)

@@ -15,12 +15,15 @@ CPU = torch.device("cpu")
 
 
 @pytest.fixture
-def measured(request):
-    """Install a probe result (fast or slow bf16) for the test, then measure again after."""
+def measured():
+    """Install probe results (fast or slow bf16) for the test, then measure again after."""
     def install(fp32_ms: float, bf16_ms: float) -> None:
-        precision.adopt(precision.MatmulProbe(fp32_ms=fp32_ms, bf16_ms=bf16_ms, threads=1))
+        for kind in ("autocast", "muon_ns_dtype"):
+            precision.adopt(kind, precision.Probe(kind, fp32_ms, bf16_ms, 1,
+                                                  precision.ProbeShape()))
     yield install
-    precision.adopt(None)
+    precision.adopt("autocast", None)
+    precision.adopt("muon_ns_dtype", None)
 
 
 def test_auto_picks_bf16_only_where_the_probe_measured_it_faster(measured):
@@ -29,7 +32,7 @@ def test_auto_picks_bf16_only_where_the_probe_measured_it_faster(measured):
     assert precision.pick_ns_dtype("auto", CPU)[0] is torch.bfloat16
     measured(fp32_ms=0.3, bf16_ms=23.6)  # emulated bf16 (the AVX2 machine of the issue)
     dtype, why = pick_autocast(CPU, "auto")
-    assert dtype is None and "fp32 0.300 ms, bf16 23.600 ms" in why
+    assert dtype is None and "fp32 0.30 ms, bf16 23.60 ms" in why
     assert precision.pick_ns_dtype("auto", CPU)[0] is torch.float32
     measured(fp32_ms=1.0, bf16_ms=0.95)  # a near tie is not worth the rounding
     assert pick_autocast(CPU, "auto")[0] is None
@@ -44,12 +47,27 @@ def test_explicit_choices_ignore_the_probe_and_bad_values_name_the_setting(measu
         precision.pick_ns_dtype("fp16", CPU)
 
 
-def test_the_probe_measures_both_dtypes_once_per_thread_count():
-    precision.adopt(None)
-    p = precision.probe()
+def test_the_probes_time_both_dtypes_at_the_runs_shape_once_per_process():
+    shape = precision.ProbeShape(model_dim=32, num_heads=2, num_kv_heads=1, seq_len=32,
+                                 tokens=128)
+    p = precision.block_probe(shape)
     assert p.fp32_ms > 0 and p.bf16_ms > 0 and p.threads == torch.get_num_threads()
-    assert precision.probe() is p  # cached: the choice is made once per process
+    assert p.shape == shape and precision.block_probe(shape) is p  # cached
     assert p.to_dict()["bf16_faster"] == (p.fp32_ms / p.bf16_ms >= precision.BF16_MIN_SPEEDUP)
+    ns = precision.ns_probe(shape)
+    assert ns.shape.model_dim == 32 and ns.shape.tokens == 0  # widths only
+    assert set(precision.probes()) == {"autocast", "muon_ns_dtype"}
+
+
+def test_the_probe_shape_follows_the_run():
+    from golf_core.config import ModelConfig, TrainConfig
+
+    mcfg = ModelConfig(model_dim=64, num_heads=4, num_kv_heads=2, mlp_mult=3)
+    tcfg = TrainConfig(train_batch_tokens=8192, micro_batch_tokens=4096, train_seq_len=256)
+    s = precision.ProbeShape.of(mcfg, tcfg)
+    assert (s.model_dim, s.num_heads, s.mlp_mult, s.seq_len, s.tokens) == (64, 4, 3, 256, 4096)
+    big = TrainConfig(train_batch_tokens=524_288, micro_batch_tokens=65_536, train_seq_len=1024)
+    assert precision.ProbeShape.of(mcfg, big).tokens == precision.MAX_PROBE_TOKENS
 
 
 def test_fp32_newton_schulz_orthogonalizes_like_bf16():
