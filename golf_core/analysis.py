@@ -18,7 +18,8 @@ import torch
 from torch import Tensor
 
 from golf_core.config import ModelConfig
-from golf_core.model import GPT, count_parameters
+from golf_core.model import GPT, build_model, count_parameters, detect_family
+from golf_core.model.families import family_module
 
 LANE_COLUMNS = (
     "layer", "physical", "attn_resid", "attn_to_attn", "attn_to_mlp",
@@ -54,13 +55,25 @@ def config_from_state_dict(state_dict: Mapping[str, Tensor]) -> ModelConfig:
     )
 
 
-def _as_model(source: GPT | Mapping[str, Tensor], config: ModelConfig | None) -> GPT:
-    if isinstance(source, GPT):
+def _as_model(source: torch.nn.Module | Mapping[str, Tensor],
+              config: ModelConfig | None) -> torch.nn.Module:
+    """The model itself, or one built from a state dict (ours, the upstream baseline, or a
+    published family's: recognised by its keys, sizes read off its shapes)."""
+    if isinstance(source, torch.nn.Module):
         return source
     state = {k.removeprefix("_orig_mod."): v for k, v in source.items()}  # torch.compile'd
-    cfg = config if config is not None else config_from_state_dict(state)
+    family = detect_family(state)
+    if family != "golf":
+        from golf_core.model import preset
+
+        base = config if config is not None else preset(family)
+        cfg = family_module(family).config_from_state_dict(state, base)
+    else:
+        cfg = config if config is not None else config_from_state_dict(state)
     with torch.device("meta"):  # no memory, no init: the tensors come from `state`
-        model = GPT(cfg)
+        model = build_model(cfg)
+    if hasattr(model, "set_recurrence_active"):  # PR #1204: exported with recurrence on
+        model.set_recurrence_active(bool(cfg.recur_layers))
     model.load_state_dict(state, strict=True, assign=True)
     return model
 
@@ -136,14 +149,18 @@ def _embeddings_table(model: GPT) -> pd.DataFrame:
 
 
 def routing_tables(
-    source: GPT | Mapping[str, Tensor], config: ModelConfig | None = None
+    source: torch.nn.Module | Mapping[str, Tensor], config: ModelConfig | None = None
 ) -> dict[str, pd.DataFrame]:
-    """Tables keyed `skip_weights`, `resid_mix`, `lanes`, `embeddings`, `params`.
+    """Tables keyed `skip_weights`, `resid_mix`, `lanes`, `embeddings`, `params` (a published
+    family adds its own: gates, adapters, LoRA, ...), for our GPT, any family's model, or a
+    state dict of either (a family's is recognised by its keys).
 
     Layer indices are virtual depth under the model's current schedule (for a mini model, the
     state dict's `recurrence_flag` says whether the repeat had started).
     """
     model = _as_model(source, config)
+    if not isinstance(model, GPT):  # a published family tabulates its own routing
+        return model.routing_tables()
     counts = count_parameters(model)
     return {
         "skip_weights": _skip_table(model),

@@ -262,7 +262,17 @@ def _coerce(value: Any, typ: Any, key: str, source: str) -> Any:
                 if not value.is_integer():
                     raise ValueError("expected an integer")
                 return int(value)
-            return int(str(value).strip())
+            text = str(value).strip()
+            try:
+                return int(text)
+            except ValueError:  # upstream scripts take MLP_MULT=3.0 / "3." for an int field
+                try:
+                    as_float = float(text)
+                except ValueError:
+                    raise ValueError("expected an integer") from None
+                if not as_float.is_integer():
+                    raise ValueError("expected an integer") from None
+                return int(as_float)
         if typ is float:
             if isinstance(value, bool):
                 raise ValueError("expected a number, got a boolean")

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from golf_core.config import TrainConfig
 from golf_core.model import CONTROL_PATTERNS
+from golf_core.model.families import family_module
 from golf_core.precision import ProbeShape, pick_ns_dtype
 
 # Quintic Newton–Schulz coefficients from modded-nanogpt: chosen to push singular values into
@@ -185,22 +186,26 @@ class Muon(torch.optim.Optimizer):
 def group_parameters(model: nn.Module) -> dict[str, list[tuple[str, Tensor]]]:
     """Split named parameters into upstream's groups: "token", "head", "matrix", "scalar".
 
-    token = `tok_emb.weight`; head = `lm_head.weight` (untied only); matrix (Muon) = every
-    other 2-D parameter (or 3-D `*_bank`) whose name matches no control pattern; scalar (Adam
-    at scalar_lr) = vectors, scalars, other >2-D tensors and anything matching a control
-    pattern (skip_weights, resid_mix, q_gain, lane lambdas, repeat embeddings, ...).
-    `named_parameters()` yields a shared (looped) parameter once, under its first name.
+    token = `tok_emb.weight` (plus, for a published family, the embedding tables its script
+    trains beside it: its TOKEN_PATTERNS); head = `lm_head.weight` (untied only); matrix
+    (Muon) = every other 2-D parameter (or 3-D `*_bank`) whose name matches no control
+    pattern; scalar (Adam at scalar_lr) = vectors, scalars, other >2-D tensors and anything
+    matching a control pattern (skip_weights, resid_mix, q_gain, lane lambdas, repeat
+    embeddings, ...). A published family uses its own script's control patterns (PR #325
+    trains `bigram.proj` with Muon, PR #1204 with Adam). `named_parameters()` yields a shared
+    (looped) parameter once, under its first name.
     """
+    controls, tokens = _patterns(model)
     groups: dict[str, list[tuple[str, Tensor]]] = {k: [] for k in GROUPS}
     for full_name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         name = _unwrapped(full_name)
-        if name == TOKEN_EMBEDDING:
+        if name == TOKEN_EMBEDDING or any(pat in name for pat in tokens):
             groups["token"].append((name, p))
         elif name == LM_HEAD:
             groups["head"].append((name, p))
-        elif is_muon_matrix(name, p):
+        elif is_muon_matrix(name, p, controls):
             groups["matrix"].append((name, p))
         else:
             groups["scalar"].append((name, p))
@@ -209,11 +214,20 @@ def group_parameters(model: nn.Module) -> dict[str, list[tuple[str, Tensor]]]:
     return groups
 
 
-def is_muon_matrix(name: str, p: Tensor) -> bool:
+def _patterns(model: nn.Module) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(control patterns, token patterns) of the model's family."""
+    family = getattr(getattr(model, "cfg", None), "family", "golf")
+    if family == "golf":
+        return CONTROL_PATTERNS, ()
+    module = family_module(family)
+    return tuple(module.CONTROL_PATTERNS), tuple(getattr(module, "TOKEN_PATTERNS", ()))
+
+
+def is_muon_matrix(name: str, p: Tensor, controls: tuple[str, ...] = CONTROL_PATTERNS) -> bool:
     """Muon's share: a 2-D matrix, or a 3-D bank of them (PR #1204's `*_bank`), whose name
     matches no control pattern."""
     shaped = p.ndim == 2 or (p.ndim == 3 and "_bank" in name)
-    return shaped and not any(pat in name for pat in CONTROL_PATTERNS)
+    return shaped and not any(pat in name for pat in controls)
 
 
 def _unwrapped(name: str) -> str:

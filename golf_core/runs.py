@@ -44,6 +44,7 @@ from golf_core.config import (
     apply_overrides,
     env_name,
     from_dict,
+    parse_set_args,
     save_json,
 )
 
@@ -57,7 +58,10 @@ FINAL_MODEL, ARTIFACT_REPORT = "final_model.pt", "artifact_report.json"
 
 
 def variant_label(mcfg: ModelConfig) -> str:
-    """A short name of the model's variant: the skeleton plus composed options (`unet+mini`)."""
+    """A short name of the model's variant: a published family's name (`pr1204`), else our
+    skeleton plus composed options (`unet+mini`)."""
+    if mcfg.family != "golf":
+        return mcfg.family
     parts = [mcfg.variant]
     if mcfg.recur_layers:
         parts.append("mini")
@@ -340,19 +344,34 @@ def infer_baseline_config(state_dict: dict[str, torch.Tensor]) -> dict[str, Any]
     }
 
 
-def _config_for(config: ModelConfig | dict | None, sd: dict, source: str) -> ModelConfig:
-    """A ModelConfig from an explicit config, an upstream env-style dict, or the shapes."""
-    if isinstance(config, ModelConfig):
-        return config
-    cfg = apply_overrides(ModelConfig(), infer_baseline_config(sd), source=f"{source} shapes")
-    if not config:
-        return cfg
+def _env_keys(config: dict, source: str) -> dict[str, Any]:
+    """Field names from a dict of field names or upstream env names (`NUM_LAYERS`)."""
     by_env = {env_name(f): f for f in ModelConfig.__dataclass_fields__}
     keys = {by_env.get(k, k): v for k, v in config.items()}
     unknown = sorted(set(keys) - set(ModelConfig.__dataclass_fields__))
     if unknown:
-        raise ConfigError(f"load_model config: unknown key(s) {', '.join(map(repr, unknown))}")
-    return apply_overrides(cfg, keys, source="load_model config")
+        raise ConfigError(f"{source}: unknown config key(s) {', '.join(map(repr, unknown))}")
+    return keys
+
+
+def _config_for(config: ModelConfig | dict | None, sd: dict, source: str,
+                family: str) -> ModelConfig:
+    """A ModelConfig from an explicit config, or: the family's published preset (ours: the
+    upstream baseline), the user's env-style overrides, then the sizes the shapes fix."""
+    if isinstance(config, ModelConfig):
+        return config
+    keys = _env_keys(config or {}, f"load_model config for {source}")
+    if family == "golf":
+        cfg = apply_overrides(ModelConfig(), infer_baseline_config(sd), source=f"{source} shapes")
+        return apply_overrides(cfg, keys, source="load_model config")
+    from golf_core.model import preset
+    from golf_core.model.families import family_module
+
+    base = apply_overrides(preset(family), keys, source="load_model config")
+    try:
+        return family_module(family).config_from_state_dict(sd, base)
+    except ValueError as e:
+        raise ConfigError(f"load_model: {source}: {e}") from None
 
 
 def _weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
@@ -369,35 +388,77 @@ def _weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None
         from golf_core.quant import load_artifact
 
         return load_artifact(path), None
-    sd = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a pickle with code in it, a truncated or foreign file
+        raise ValueError(f"{path}: not a weights file torch.load(weights_only=True) can read "
+                         f"({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
     if isinstance(sd, dict) and "model" in sd and "step" in sd:  # one of our checkpoints
         return sd["model"], None
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ValueError(f"{path}: not a state dict (a mapping of names to tensors)")
     return sd, None
+
+
+def _recurrence_flag(path: Path, mcfg: ModelConfig) -> bool:
+    """PR #1204's recurrence switch, which no tensor holds: as the run saved it, else on (the
+    script exports and evaluates with recurrence on)."""
+    summary = _read_json(path / SUMMARY) if path.is_dir() else None
+    if summary and "recurrence_active" in summary:
+        return bool(summary["recurrence_active"])
+    return bool(mcfg.recur_layers)
+
+
+def _expected_keys() -> str:
+    from golf_core.model.families import PUBLISHED, family_module
+
+    keys = ["blocks.0.attn.c_q.weight (baseline / ours)"]
+    keys += [f"{', '.join(family_module(f).IDENTIFYING_KEYS)} (PR #{family_module(f).PR})"
+             for f in PUBLISHED]
+    return "; ".join(keys)
 
 
 def load_model(
     path: str | Path, config: ModelConfig | dict | None = None, device: str = "cpu"
 ) -> torch.nn.Module:
-    """A GPT in eval mode from a run directory (final_model.pt, else its newest checkpoint),
-    one of our checkpoints, an upstream `final_model.pt` or an upstream/our `.ptz` artifact.
+    """A model in eval mode from a run directory (final_model.pt, else its newest checkpoint),
+    one of our checkpoints, an upstream `final_model.pt` or an artifact: ours, upstream's
+    `.int8.ptz`, PR #363's `ZLIB`/`ZSTD` int8 file, PR #1204's `final_model.int6.ptz`.
 
-    `config`: a ModelConfig, or a dict of field names or upstream env names
-    (`{"NUM_LAYERS": "11"}`) applied over the sizes read from the weights' shapes; a run
-    directory's own config.json is used when `config` is None. A mini-recurrence model
-    comes back switched on or off as it was saved (its `recurrence_flag` buffer).
+    The family (baseline/ours, PR #54, #325, #363, #1204) is read off the state-dict keys.
+    `config`: a ModelConfig, or a dict of field names or *that family's script's* env var
+    names (`{"RECUR_LAYERS": "4,5", "PARALLEL_START_LAYER": "7"}`: paste the command you
+    trained with) applied over the family's published preset, then the sizes the weights'
+    shapes fix; a run directory's own config.json is used when `config` is None. A
+    mini-recurrence model comes back switched on or off as it was saved (PR #1204's upstream
+    files: on, as at export). Errors name the file and what was expected, in one line.
     """
-    from golf_core.model import build_model
+    from golf_core.model import build_model, detect_family
 
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"load_model: {path}: no such file or directory")
     sd, run_cfg = _weights(path)
+    sd = {k.removeprefix("_orig_mod."): v for k, v in sd.items()}  # torch.compile'd
+    family = detect_family(sd)
     if config is None and run_cfg is not None:
         mcfg = from_dict(ModelConfig, run_cfg["model"], source=str(path / CONFIG))
     else:
-        mcfg = _config_for(config, sd, str(path))
+        mcfg = _config_for(config, sd, str(path), family)
+    if family == "golf" and not any(k.startswith("blocks.") for k in sd):
+        raise ValueError(f"{path}: no model family recognised in its {len(sd)} keys (first: "
+                         f"{', '.join(list(sd)[:3]) or 'none'}); expected {_expected_keys()}")
     model = build_model(mcfg)
-    model.load_state_dict(sd)
+    if hasattr(model, "set_recurrence_active"):
+        model.set_recurrence_active(_recurrence_flag(path, mcfg))
+    try:
+        model.load_state_dict(sd)
+        model.load_state_dict(sd)  # ours: the first load's hook switched mini recurrence
+    except RuntimeError as e:
+        first = str(e).splitlines()
+        detail = " ".join(line.strip() for line in first[1:3])[:300]
+        raise ValueError(f"{path}: weights do not fit the {family} model of this config "
+                         f"({detail}); pass config= with the env vars you trained with") from None
     return model.to(device).eval()
 
 
@@ -494,3 +555,43 @@ def parse_upstream_log(path: str | Path) -> dict[str, Any]:
         "routing": pd.DataFrame(routing, columns=ROUTING_COLUMNS),
         "iterations": iterations,
     }
+
+
+# ----------------------------------------------------------------------------- inspect CLI
+
+
+def inspect_cli(argv: list[str] | None = None) -> int:
+    """`python -m golf_core.runs PATH [KEY=VALUE ...]`: load a run, checkpoint, upstream
+    `final_model.pt` or artifact of any family and print its family, size and routing
+    tables. KEY=VALUE are the env vars of the script it was trained with (NUM_LAYERS=11 ...).
+    Bad input: one line on stderr, exit 2."""
+    import argparse
+    import sys
+
+    from golf_core.analysis import routing_tables
+    from golf_core.model import count_parameters
+
+    p = argparse.ArgumentParser(prog="python -m golf_core.runs", description=inspect_cli.__doc__)
+    p.add_argument("path", help="run directory, checkpoint, final_model.pt or .ptz artifact")
+    p.add_argument("config", nargs="*", metavar="KEY=VALUE",
+                   help="env vars of the training command (e.g. RECUR_LAYERS=4,5)")
+    args = p.parse_args(argv)
+    try:
+        config = parse_set_args(args.config) or None
+        model = load_model(args.path, config=config)
+        tables = routing_tables(model)
+    except (ValueError, FileNotFoundError, OSError) as e:  # ConfigError is a ValueError
+        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 2
+    counts = count_parameters(model)
+    print(f"{args.path}: family {model.cfg.family}, {counts['total']:,} parameters, "
+          f"{counts['physical_layers']} physical / {counts['effective_depth']} virtual layers")
+    with pd.option_context("display.width", 120, "display.max_columns", 12):
+        for name, df in tables.items():
+            if len(df):
+                print(f"\n{name}\n{df.to_string(index=False, max_rows=20)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(inspect_cli())

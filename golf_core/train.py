@@ -386,7 +386,9 @@ class Trainer:
         if len(state["optimizers"]) != len(self.optimizers):
             raise ConfigError(f"checkpoint has {len(state['optimizers'])} optimizers, this "
                               f"model needs {len(self.optimizers)} (was the model changed?)")
-        self.model.load_state_dict(state["model"])  # restores the recurrence switch too
+        if hasattr(self.model, "set_recurrence_active"):  # PR #1204: the switch is no tensor
+            self.model.set_recurrence_active(bool(state.get("recurrence_active", False)))
+        self.model.load_state_dict(state["model"])  # ours: restores the recurrence switch too
         for opt, sd in zip(self.optimizers, state["optimizers"]):
             opt.load_state_dict(sd)
         self.loader.load_state_dict(state["loader"])
@@ -442,7 +444,9 @@ class Trainer:
         if self.recur_at is not None and self.step >= self.recur_at:
             if not self.model.recurrence_active:
                 self.model.activate_recurrence()
-                depth = self.model.schedule.depth
+                from golf_core.model import count_parameters
+
+                depth = count_parameters(self.model)["effective_depth"]
                 self.log.log(f"recurrence:activated step:{self.step} virtual_layers:{depth}")
         if self.qat_at is not None and self.step >= self.qat_at and not self.qat_on:
             self._enable_qat()

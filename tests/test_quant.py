@@ -393,7 +393,7 @@ def test_artifact_report_accounts_model_and_code_bytes_against_the_budget(tmp_pa
         rep = artifact_report(model, path, scheme=scheme)
         assert rep["model_bytes"] == path.stat().st_size
         assert rep["code_bytes"] == sum(rep["code_files"].values()) > 0
-        assert "model.py" in rep["code_files"] and "quant/codec.py" in rep["code_files"]
+        assert "model/gpt.py" in rep["code_files"] and "quant/codec.py" in rep["code_files"]
         assert rep["total_bytes"] == rep["model_bytes"] + rep["code_bytes"]
         assert rep["headroom_bytes"] == BUDGET_BYTES - rep["total_bytes"] and rep["fits"]
         groups = rep["groups"]

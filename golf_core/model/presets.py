@@ -52,7 +52,8 @@ _PRESETS: dict[str, dict] = {
     "mini+parallel": dict(variant="unet", **{**_MINI_1204, **_PARALLEL_1204}),
 }  # fmt: skip
 # ours, then the published families' (golf_core/model/pr*.py)
-PRESETS: tuple[str, ...] = tuple(_PRESETS) + tuple(family_presets())
+OUR_PRESETS: tuple[str, ...] = tuple(_PRESETS)
+PRESETS: tuple[str, ...] = OUR_PRESETS + tuple(family_presets())
 
 
 def preset(name: str, **overrides: object) -> ModelConfig:

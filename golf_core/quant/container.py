@@ -203,6 +203,21 @@ def read_artifact_object(path: str | Path) -> dict[str, Any]:
 
 
 def load_artifact(path: str | Path) -> dict[str, Tensor]:
-    """Float state dict from an upstream `.int8.ptz` or our container (sniffed by content).
-    Always `weights_only=True`; malformed or hostile files raise ValueError naming the file."""
+    """Float state dict from an upstream `.int8.ptz`, our container, or a published family's
+    own format (PR #363's `ZLIB`/`ZSTD` int8 file, PR #1204's int6 brotli file), sniffed by
+    content. Always `weights_only=True`; malformed or hostile files raise ValueError naming
+    the file."""
+    path = Path(path)
+    head = path.read_bytes()[:8]
+    if not head.startswith(MAGIC) and head[:1] != b"\x78":
+        from golf_core.model.families import PUBLISHED, family_module
+
+        for fam in PUBLISHED:
+            reader = getattr(family_module(fam), "read_artifact", None)
+            sd = reader(path) if reader is not None else None
+            if sd is not None:
+                return sd
+        raise ValueError(f"{path}: not a quantized artifact (neither the {MAGIC.decode()} "
+                         "container, an upstream zlib .ptz, PR #363's ZLIB/ZSTD file nor PR "
+                         "#1204's int6 brotli file)")
     return dequantize_state_dict(read_artifact_object(path), source=str(path))
