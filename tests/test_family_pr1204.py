@@ -303,11 +303,13 @@ def test_optimizer_groups_follow_the_script_where_names_can_say_so():
     for name in pr1204.BANKS:  # 3-D; Muon takes them by the "_bank" name
         assert not any(p in name for p in CONTROL_PATTERNS), name
     assert groups["repeat_mlp.0.fc.weight"] == groups["repeat_mlp.1.proj.weight"] == "matrix"
-    for name in ("skip_gates", "skip_weights", "ve_shared.proj.weight", "ve_shared.embed.weight",
-                 "bigram.embed.weight", "smear.gate", "parallel_post_lambdas", "canon_a",
-                 "blocks.3.resid_mix", "ve_layer_scales.0", "bigram.scale"):
+    for name in ("skip_gates", "skip_weights", "ve_shared.proj.weight", "bigram.proj.weight",
+                 "smear.gate", "parallel_post_lambdas", "canon_a", "blocks.3.resid_mix",
+                 "ve_layer_scales.0", "bigram.scale"):
         assert groups[name] == "scalar", name
-    assert groups["tok_emb.weight"] == "token"
+    # the script's token group: Adam at the tied-embedding LR
+    for name in ("tok_emb.weight", "bigram.embed.weight", "ve_shared.embed.weight"):
+        assert groups[name] == "token", name
 
 
 def test_a_tiny_model_learns_a_repeated_batch():

@@ -143,8 +143,9 @@ def test_every_parameter_gets_a_finite_gradient_and_lands_in_the_scripts_optimiz
     groups = {n: g for g, items in group_parameters(model).items() for n, _ in items}
     # the script: Adam for tok_emb and the bigram table (token LR), vectors, scalars and its
     # control patterns; Muon for block/adapter/MTP matrices and the bigram projection
-    assert groups["tok_emb.weight"] == "token" and groups["lm_head.weight"] == "head"
-    for name in ("bigram.embed.weight", "loop_repeat_embed", "skip_weights", "smear.gate",
+    assert groups["tok_emb.weight"] == groups["bigram.embed.weight"] == "token"
+    assert groups["lm_head.weight"] == "head"
+    for name in ("loop_repeat_embed", "skip_weights", "smear.gate",
                  "backout_lambda", "bigram.scale", "loop_adapters.0.adapter_scale",
                  "refine_blocks.0.local_mix_gate", "loop_blocks.0.resid_mix"):
         assert groups[name] == "scalar", name

@@ -207,7 +207,8 @@ def test_every_parameter_gets_a_finite_gradient_in_the_scripts_optimizer_groups(
     matrices = {n for n, p in model.named_parameters() if p.ndim == 2 and "resid_mix" not in n
                 and n.startswith(("blocks.", "depth_adapters."))}  # fmt: skip
     assert groups["matrix"] == matrices | {"bigram_proj.weight"}
-    assert "bigram_emb.weight" in groups["scalar"] and "skip_weights" in groups["scalar"]
+    assert groups["token"] == {"tok_emb.weight", "bigram_emb.weight"}  # the token LR
+    assert "skip_weights" in groups["scalar"]
 
 
 def test_a_tiny_model_learns_a_repeated_batch():

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from golf_core.config import ModelConfig, TrainConfig
-from golf_core.model import CONTROL_PATTERNS, GPT, PRESETS, count_parameters, preset
+from golf_core.model import CONTROL_PATTERNS, GPT, count_parameters, preset
+from golf_core.model.presets import OUR_PRESETS
 from golf_core.optim import build_optimizers
 
 
@@ -337,7 +338,7 @@ def test_zero_skip_init_starts_every_skip_weight_at_zero():
 # ----------------------------------------------------------------------------- optimizer
 
 
-@pytest.mark.parametrize("name", PRESETS)
+@pytest.mark.parametrize("name", OUR_PRESETS)
 def test_the_optimizers_see_every_parameter_once_and_muon_only_block_matrices(name):
     cfg = tiny(name, untie_controls=True)
     if cfg.variant == "looped":
@@ -380,7 +381,7 @@ def corpus():
         pytest.skip(f"default corpus unavailable: {e}")
 
 
-@pytest.mark.parametrize("name", PRESETS)
+@pytest.mark.parametrize("name", OUR_PRESETS)
 def test_every_variant_trains_30_cpu_steps_without_nan_and_lowers_the_loss(name, corpus):
     tokens, vocab = corpus
     torch.manual_seed(1337)

@@ -4,7 +4,7 @@
 |---|---|
 | `layers.py` | upstream's layers (RMSNorm, CastedLinear, Rotary, attention, MLP, Block) |
 | `gpt.py` | our GPT: every variant of this project as a layer schedule (`family="golf"`) |
-| `extras.py` | the extras the PR models add (each names its PR) |
+| `extras.py` | the extras two or more PR models share (BigramHash, SmearGate, NTK RoPE, XSA, ...) |
 | `pr54.py`, `pr325.py`, `pr363.py`, `pr1204.py` | the published models, state-dict names kept |
 | `families.py` | `build_model(cfg)`, family registry, detection from state-dict keys |
 | `presets.py` | `preset(name)` |

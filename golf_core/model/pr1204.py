@@ -36,6 +36,11 @@ Follows `GPT` of ../shared/reference/pr1204_parallel_resid_mini_recur_train_gpt.
   averages).
 - final RMSNorm, tied head (or `lm_head`), tanh softcap 30, float32 cross-entropy.
 
+The extras it shares with PR #325 (and XSA with PR #363) come from golf_core/model/extras.py:
+BigramHash, SmearGate, the NTK-scaled partial RoPE tables and rotation, XSA, the LN-scale
+factor. Its own (value embedding, LeakyReLU^2 MLP, canon layers, repeat MLPs, banks, lanes)
+are below.
+
 Whether recurrence is on is not in the script's state dict: it is `recurrence_active` here (a
 plain attribute). To load a `final_model.pt` of a run that reached RECUR_START_STEP, call
 `set_recurrence_active(True)` first (that copies the bank MLPs into `repeat_mlp`), then
@@ -44,7 +49,6 @@ plain attribute). To load a `final_model.pt` of a run that reached RECUR_START_S
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -55,6 +59,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from golf_core.config import ModelConfig
+from golf_core.model.extras import (
+    BigramHash,
+    SmearGate,
+    apply_partial_rotary,
+    ln_scale_factor,
+    ntk_rope_angles,
+    rope_inv_freq,
+    xsa,
+)
 from golf_core.model.layers import CastedLinear, RMSNorm, rms_norm, zero_init
 
 FAMILY = "pr1204"
@@ -72,9 +85,10 @@ CONTROL_PATTERNS: tuple[str, ...] = (
     "attn_scale", "attn_scales", "mlp_scale", "mlp_scales", "resid_mix", "resid_mixes",
     "q_gain", "skip_weight", "skip_weights", "smear", "dtg_gate", "ve_layer_scales",
     "ve_shared.scale", "attn_gate", "vr_lambda", "parallel_post_lambdas",
-    "parallel_resid_lambdas", "skip_gates", "ve_shared.proj", "ve_shared.embed",
-    "bigram.embed",
+    "parallel_resid_lambdas", "skip_gates", "ve_shared.proj", "bigram.proj",
 )  # fmt: skip
+# trained with Adam at the token LR beside tok_emb, as the script does
+TOKEN_PATTERNS: tuple[str, ...] = ("bigram.embed", "ve_shared.embed")
 
 LANE_COLUMNS = (
     "layer", "physical", "attn_resid", "attn_to_attn", "attn_to_mlp",
@@ -101,54 +115,28 @@ PRESETS: dict[str, dict] = {
     ),
 }  # fmt: skip
 
-_TRAIN_SEQ_LEN = 1024  # the script's Rotary(train_seq_len=1024): NTK base scaling beyond it
-
-
-# ----------------------------------------------------------------------------- extras
+# ----------------------------------------------------------------------------- extras (its own)
 
 
 class PartialRotary(nn.Module):
-    """PR #1204's RoPE: the first `rope_dims` of each head, base scaled beyond 1024 tokens."""
+    """PR #1204's RoPE (the script's `Rotary`): the first `rope_dims` of each head, base scaled
+    beyond 1024 tokens; the unscaled frequencies a buffer built at init, the tables cached per
+    (seq_len, device) and laid out (1, T, 1, rd/2) for (B, T, H, Dh) heads."""
 
     def __init__(self, rope_dims: int, base: float) -> None:
         super().__init__()
         self.rope_dims, self.base = rope_dims, base
-        inv_freq = 1.0 / base ** (torch.arange(0, rope_dims, 2, dtype=torch.float32) / rope_dims)
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.register_buffer("inv_freq", rope_inv_freq(base, rope_dims), persistent=False)
         self._cache: tuple[int, torch.device, Tensor, Tensor] | None = None
 
     def forward(self, seq_len: int, device: torch.device, dtype: torch.dtype) -> tuple:
         c = self._cache  # a table made under inference_mode cannot be saved for backward
         stale = c is not None and c[2].is_inference() and not torch.is_inference_mode_enabled()
         if c is None or stale or c[0] != seq_len or c[1] != device:
-            rd = self.rope_dims
-            inv_freq = self.inv_freq.to(device)
-            if seq_len > _TRAIN_SEQ_LEN:
-                base = self.base * (seq_len / _TRAIN_SEQ_LEN) ** (rd / (rd - 2))
-                inv_freq = 1.0 / base ** (torch.arange(0, rd, 2, dtype=torch.float32,
-                                                       device=device) / rd)
-            freqs = torch.outer(torch.arange(seq_len, device=device, dtype=torch.float32),
-                                inv_freq)  # (T, rd/2)
+            freqs = ntk_rope_angles(seq_len, self.base, self.rope_dims, device, self.inv_freq)
             c = (seq_len, device, freqs.cos()[None, :, None], freqs.sin()[None, :, None])
             self._cache = c
         return c[2].to(dtype), c[3].to(dtype)  # (1, T, 1, rd/2) each
-
-
-def apply_partial_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """PR #1204: rotate the first 2 * cos.size(-1) dims of x (B, T, H, Dh), split halves."""
-    rd = 2 * cos.size(-1)
-    x_rope, x_pass = x[..., :rd], x[..., rd:]
-    x1, x2 = x_rope[..., : rd // 2], x_rope[..., rd // 2 :]
-    return torch.cat((x1 * cos + x2 * sin, x1 * -sin + x2 * cos, x_pass), dim=-1)
-
-
-def xsa(y: Tensor, v: Tensor) -> Tensor:
-    """PR #1204's XSA: y (B, T, H, Dh) minus its projection on its KV head's unit value."""
-    B, T, H, D = y.shape
-    hkv = v.size(-2)
-    y_g = y.reshape(B, T, hkv, H // hkv, D)
-    vn = F.normalize(v, dim=-1).unsqueeze(-2)  # (B, T, Hkv, 1, Dh)
-    return (y_g - (y_g * vn).sum(dim=-1, keepdim=True) * vn).reshape(B, T, H, D)
 
 
 def canon_residual(x: Tensor, w: Tensor) -> Tensor:
@@ -158,41 +146,6 @@ def canon_residual(x: Tensor, w: Tensor) -> Tensor:
     for k in range(1, 4):
         y = y + F.pad(x[:, :-k], (0, 0, k, 0)) * w[k]
     return x + y
-
-
-class SmearGate(nn.Module):
-    """PR #1204 (via #1179): x <- (1 - g) * x + g * x[t-1], g = sigmoid(gate) per channel."""
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.gate = nn.Parameter(torch.zeros(dim))
-
-    def forward(self, x: Tensor) -> Tensor:
-        g = torch.sigmoid(self.gate.to(x.dtype))[None, None, :]
-        return (1 - g) * x + g * F.pad(x[:, :-1], (0, 0, 1, 0))
-
-
-class BigramHash(nn.Module):
-    """PR #1204's BigramHashEmbedding: (36313 t xor 27191 t_prev) mod (V - 1), position 0 gets
-    V - 1; zero-init table, projected to d, times `scale` (0.05)."""
-
-    def __init__(self, vocab: int, dim: int, model_dim: int) -> None:
-        super().__init__()
-        self.vocab = vocab
-        self.embed = nn.Embedding(vocab, dim)
-        nn.init.zeros_(self.embed.weight)
-        self.proj = CastedLinear(dim, model_dim, bias=False) if dim != model_dim else None
-        if self.proj is not None:
-            nn.init.zeros_(self.proj.weight)
-        self.scale = nn.Parameter(torch.tensor(0.05))
-
-    def forward(self, ids: Tensor) -> Tensor:
-        t, mod = ids.to(torch.int32), self.vocab - 1
-        h = torch.full_like(t, mod)
-        h[..., 1:] = torch.bitwise_xor(36313 * t[..., 1:], 27191 * t[..., :-1]) % mod
-        out = self.embed(h.long())
-        out = self.proj(out) if self.proj is not None else out
-        return out * self.scale.to(out.dtype)
 
 
 class ValueEmbedding(nn.Module):
@@ -271,7 +224,7 @@ class Block(nn.Module):
         self.attn_scale = nn.Parameter(torch.ones(d))
         self.mlp_scale = nn.Parameter(torch.ones(d))
         self.resid_mix = nn.Parameter(torch.stack((torch.ones(d), torch.zeros(d))))
-        self.ln_scale = 1.0 / math.sqrt(index + 1) if cfg.ln_scale else 1.0
+        self.ln_scale = ln_scale_factor(index, cfg.ln_scale)
         self.disable_attn = cfg.disable_layer0_attn and index == 0
         self.slope = cfg.negative_slope
 

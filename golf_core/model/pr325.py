@@ -26,6 +26,8 @@ Blocks are upstream's with the script's extras: partial RoPE (first ROPE_DIMS di
 base NTK-scaled past 1024 tokens), XSA on the last XSA_LAST_N attention blocks (stem, core,
 tail order), LN scale (norm outputs x 1/sqrt(v + 1), v = virtual depth; refinement steps
 unscaled); orthogonal init of every >= 64 x 64 linear, out-projections x 1/sqrt(2 * depth).
+The extras it shares with PR #1204 (#363: XSA) come from golf_core/model/extras.py: BigramHash,
+SmearGate, the NTK-scaled partial RoPE tables and rotation, XSA, the LN-scale factor.
 Not ported (no preset uses it): the non-looped path (LOOP_CORE_LAYERS=0 or LOOP_REPEATS=1).
 The script's MLP_MULT is a float; ModelConfig.mlp_mult (int) holds the published 3.0.
 """
@@ -45,6 +47,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from golf_core.config import ModelConfig
+from golf_core.model.extras import (
+    BigramHash,
+    SmearGate,
+    apply_partial_rotary,
+    ln_scale_factor,
+    ntk_rope_angles,
+    shift_right,
+    xsa,
+)
 from golf_core.model.layers import CastedLinear, rms_norm, zero_init
 
 FAMILY = "pr325"
@@ -55,10 +66,10 @@ IDENTIFYING_KEYS = ("stem_blocks.", "loop_blocks.", "refine_blocks.", "tail_bloc
 CONTROL_PATTERNS: tuple[str, ...] = (
     "attn_scale", "attn_scales", "mlp_scale", "mlp_scales", "resid_mix", "resid_mixes",
     "q_gain", "skip_weight", "skip_weights", "smear", "backout_lambda", "adapter_scale",
-    "loop_repeat_embed", "bigram.embed",
+    "loop_repeat_embed",
 )  # fmt: skip
-ROPE_TRAIN_SEQ_LEN = 1024  # every Rotary of the script has train_seq_len=1024 (NTK above)
-BIGRAM_SCALE_INIT = 0.05  # the script's BigramHashEmbedding.scale init
+# trained with Adam at the token LR beside tok_emb, as the script does
+TOKEN_PATTERNS: tuple[str, ...] = ("bigram.embed",)
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 _RECORD = dict(
@@ -113,26 +124,17 @@ def validate(cfg: ModelConfig) -> None:
 
 class NTKPartialRotary(nn.Module):
     """PR #325's RoPE tables over the first `rope_dims` dims of a head (0 = all), the base
-    NTK-scaled by (T / 1024)^(rd / (rd - 2)) when T > 1024. No cache, no state."""
+    NTK-scaled by (T / 1024)^(rd / (rd - 2)) when T > 1024. No cache, no state: unlike PR
+    #1204's (and both scripts') cached `Rotary`, the frequencies are recomputed on `device`
+    at each call, and the tables are laid out (1, 1, T, rd/2) for (B, H, T, Dh) heads."""
 
     def __init__(self, head_dim: int, base: float, rope_dims: int) -> None:
         super().__init__()
         self.rd, self.base = rope_dims or head_dim, base
 
     def forward(self, seq_len: int, device: torch.device) -> tuple[Tensor, Tensor]:
-        base, rd = self.base, self.rd
-        if seq_len > ROPE_TRAIN_SEQ_LEN:
-            base = base * (seq_len / ROPE_TRAIN_SEQ_LEN) ** (rd / (rd - 2))
-        inv_freq = 1.0 / base ** (torch.arange(0, rd, 2, dtype=torch.float32, device=device) / rd)
-        freqs = torch.outer(torch.arange(seq_len, device=device, dtype=torch.float32), inv_freq)
+        freqs = ntk_rope_angles(seq_len, self.base, self.rd, device)  # computed on `device`
         return freqs.cos()[None, None], freqs.sin()[None, None]  # (1, 1, T, rd/2) each
-
-
-def apply_partial_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """PR #325: rotate the two halves of the first 2 * cos.size(-1) dims, pass the rest."""
-    half = cos.size(-1)
-    x1, x2, rest = x[..., :half], x[..., half : 2 * half], x[..., 2 * half :]
-    return torch.cat((x1 * cos + x2 * sin, x1 * (-sin) + x2 * cos, rest), dim=-1)
 
 
 def _vec(p: Tensor, like: Tensor) -> Tensor:
@@ -142,11 +144,6 @@ def _vec(p: Tensor, like: Tensor) -> Tensor:
 def _mix(resid_mix: Tensor, x: Tensor, x0: Tensor) -> Tensor:
     mix = resid_mix.to(x.dtype)
     return mix[0][None, None, :] * x + mix[1][None, None, :] * x0
-
-
-def _shift(x: Tensor) -> Tensor:
-    """x one position later along T, zeros at t = 0: (B, T, D)."""
-    return F.pad(x, (0, 0, 1, -1))
 
 
 class Attention(nn.Module):
@@ -174,11 +171,10 @@ class Attention(nn.Module):
         q, k = apply_partial_rotary(q, cos, sin), apply_partial_rotary(k, cos, sin)
         q = q * self.q_gain.to(q.dtype)[None, :, None, None]
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=Hkv != H)
-        if self.use_xsa:  # query head h reads KV head h // (H / Hkv), as in the GQA above
-            y = y.reshape(B, Hkv, H // Hkv, T, Dh)
-            vn = F.normalize(v, dim=-1).unsqueeze(2)  # (B, Hkv, 1, T, Dh)
-            y = (y - (y * vn).sum(-1, keepdim=True) * vn).reshape(B, H, T, Dh)
-        return self.proj(y.transpose(1, 2).reshape(B, T, D))
+        y = y.transpose(1, 2)  # (B, T, H, Dh)
+        if self.use_xsa:
+            y = xsa(y, v.transpose(1, 2))
+        return self.proj(y.reshape(B, T, D))
 
 
 class MLP(nn.Module):
@@ -228,7 +224,7 @@ class RefinementBlock(nn.Module):
         x = _mix(self.resid_mix, x, x0)
         if self.enable_local_mix:
             g = torch.sigmoid(_vec(self.local_mix_gate, x))
-            x = (1 - g) * x + g * _shift(rms_norm(x))
+            x = (1 - g) * x + g * shift_right(rms_norm(x))
         if self.mlp is not None:
             x = x + _vec(self.mlp_scale, x) * self.mlp(rms_norm(x))
         return x
@@ -245,41 +241,6 @@ class LoopAdapter(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return _vec(self.adapter_scale, x) * self.up(torch.relu(self.down(rms_norm(x))).square())
-
-
-class SmearGate(nn.Module):
-    """PR #325: x = (1 - g) x + g x_prev per dim, g = sigmoid(gate), gate zero-init."""
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.gate = nn.Parameter(torch.zeros(dim))
-
-    def forward(self, x: Tensor) -> Tensor:
-        g = torch.sigmoid(_vec(self.gate, x))
-        return (1 - g) * x + g * _shift(x)
-
-
-class BigramHash(nn.Module):
-    """PR #325's BigramHash: row (36313 cur XOR 27191 prev) mod (rows - 1) in int32, row
-    rows - 1 at t = 0; embedded, projected to the width (unless equal), times `scale`."""
-
-    def __init__(self, rows: int, dim: int, model_dim: int) -> None:
-        super().__init__()
-        self.rows = rows
-        self.embed = nn.Embedding(rows, dim)
-        nn.init.zeros_(self.embed.weight)
-        self.proj = CastedLinear(dim, model_dim, bias=False) if dim != model_dim else None
-        if self.proj is not None:  # zero, unless the GPT's orthogonal init reaches it (>= 64)
-            nn.init.zeros_(self.proj.weight)
-        self.scale = nn.Parameter(torch.tensor(BIGRAM_SCALE_INIT))
-
-    def forward(self, ids: Tensor) -> Tensor:
-        t, mod = ids.to(torch.int32), self.rows - 1
-        idx = torch.full_like(t, mod)
-        idx[:, 1:] = torch.bitwise_xor(36313 * t[:, 1:], 27191 * t[:, :-1]) % mod
-        h = self.embed(idx.long())
-        h = self.proj(h) if self.proj is not None else h
-        return h * self.scale.to(h.dtype)
 
 
 # ----------------------------------------------------------------------------- schedule
@@ -330,7 +291,7 @@ def build_schedule(cfg: ModelConfig) -> LoopSchedule:
                 for b in range(C)]  # fmt: skip
     raw += [("tail", j, -1, S + C + j) for j in range(T)]
     return LoopSchedule(tuple(
-        Step(kind, i, r, p, 1.0 / math.sqrt(v + 1) if cfg.ln_scale and kind != "refine" else 1.0)
+        Step(kind, i, r, p, ln_scale_factor(v, cfg.ln_scale and kind != "refine"))
         for v, (kind, i, r, p) in enumerate(raw)
     ))  # fmt: skip
 

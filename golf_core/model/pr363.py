@@ -17,8 +17,9 @@ What the script builds (env var names in capitals):
   shared block). The adapters are plain `nn.Linear` (the script's STE QAT does not touch them).
 - U-Net skips on virtual depth: the first EFFECTIVE_DEPTH // 2 layers push, the rest pop
   LIFO through `skip_weights[j]`.
-- XSA (exclusive self attention, from PR #287): each head's output minus its component along
-  its own token's (normalized) value vector. The script switches it on per *physical* block:
+- XSA (exclusive self attention, from PR #287; golf_core/model/extras.py's `xsa`, shared with
+  PR #325 and #1204): each head's output minus its component along its own token's
+  (normalized) value vector. The script switches it on per *physical* block:
   every block that runs at one of the last XSA_LAST_N virtual layers does XSA at all of its
   depths. With 4 blocks x 12 and XSA_LAST_N=3 that is blocks 1-3 everywhere, block 0 never;
   at the published XSA_LAST_N=4 every layer. (Checked against the fixture's loss.)
@@ -40,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from golf_core.config import ModelConfig
+from golf_core.model.extras import xsa
 from golf_core.model.layers import (
     MLP,
     CastedLinear,
@@ -60,7 +62,12 @@ SOURCE = "pr363_depth_recurrence_train_gpt.py"
 IDENTIFYING_KEYS: tuple[str, ...] = ("depth_adapters.", "bigram_emb.")
 # the script's CONTROL_TENSOR_NAME_PATTERNS are upstream's (already ours); bigram_emb is trained
 # by Adam (with the token embedding there), never Muon
-CONTROL_PATTERNS: tuple[str, ...] = ("bigram_emb",)
+CONTROL_PATTERNS: tuple[str, ...] = (  # the script's CONTROL_TENSOR_NAME_PATTERNS
+    "attn_scale", "attn_scales", "mlp_scale", "mlp_scales", "resid_mix", "resid_mixes",
+    "q_gain", "skip_weight", "skip_weights",
+)  # fmt: skip
+# trained with Adam at the token LR beside tok_emb (TIED_EMBED_LR), as the script does
+TOKEN_PATTERNS: tuple[str, ...] = ("bigram_emb",)
 
 PRESETS: dict[str, dict] = {
     # PR #363's README (8xH100 runs, 22.8M parameters): 4 unique blocks x 3 cycles = 12 deep,
@@ -81,21 +88,11 @@ BIGRAM_HASH_MULT = 1000003  # the script's multiplier on the previous token (a p
 
 
 def bigram_hash(input_ids: Tensor, buckets: int) -> Tensor:
-    """PR #363's BigramHash bucket of (previous, current) token; position 0 pairs with itself."""
+    """PR #363's BigramHash bucket of (previous, current) token; position 0 pairs with itself.
+    Not PR #325 / #1204's (golf_core/model/extras.py's BigramHash: xor hash, zero-init table,
+    learned scale, names `bigram.*`)."""
     prev = torch.cat([input_ids[:, :1], input_ids[:, :-1]], dim=1)  # (B, T)
     return (prev.long() * BIGRAM_HASH_MULT + input_ids.long()) % buckets
-
-
-def exclusive_self_attention(y: Tensor, v: Tensor) -> Tensor:
-    """PR #363's XSA (from PR #287): drop each head's component along its token's own value.
-
-    y (B, T, H, Dh) attention output, v (B, T, Hkv, Dh) values; query head h uses value head
-    h // (H / Hkv), as GQA does.
-    """
-    B, T, H, D = y.shape
-    y = y.reshape(B, T, v.size(-2), H // v.size(-2), D)  # (B, T, Hkv, group, Dh)
-    vn = F.normalize(v, dim=-1).unsqueeze(-2)  # (B, T, Hkv, 1, Dh)
-    return (y - (y * vn).sum(dim=-1, keepdim=True) * vn).reshape(B, T, H, D)
 
 
 class DepthLoRA(nn.Module):
@@ -149,7 +146,7 @@ class DeltaAttention(CausalSelfAttention):
             q, k, v.transpose(1, 2), is_causal=True, enable_gqa=self.num_kv_heads != self.num_heads
         ).transpose(1, 2)  # (B, T, H, Dh)
         if self.use_xsa:
-            y = exclusive_self_attention(y, v)
+            y = xsa(y, v)  # golf_core/model/extras.py
         return self.proj(y.reshape(B, T, D))
 
 
