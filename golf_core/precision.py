@@ -88,25 +88,25 @@ class Probe:
                 "bf16_faster": self.bf16_faster}
 
 
-def _best_ms(fn: Callable[[], object], repeats: int, budget_s: float) -> float:
-    fn()  # first call: kernel selection, primitive creation, allocations
-    best, spent = float("inf"), 0.0
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        dt = time.perf_counter() - t0
-        best, spent = min(best, dt), spent + dt
-        if spent > budget_s:
-            break
-    return 1000.0 * best
-
-
 def _pair(fp32: Callable[[], object], bf16: Callable[[], object]) -> tuple[float, float]:
-    """(fp32 ms, bf16 ms), best of a few calls each; an emulated bf16 shows itself in a call
-    or two, so its time is capped at ~10 fp32 calls' worth."""
-    a = _best_ms(fp32, repeats=5, budget_s=0.15)
-    b = _best_ms(bf16, repeats=5, budget_s=max(0.01, 0.01 * a))
-    return a, b
+    """(fp32 ms, bf16 ms): the best of up to PROBE_ROUNDS interleaved calls each (one of each
+    per round, so a burst of load from other processes hits both). An emulated bf16 shows
+    itself at once: a first round with bf16 over EMULATED_RATIO x fp32 ends the probe."""
+    fp32(), bf16()  # first calls: kernel selection, primitive creation, allocations
+    best = [float("inf"), float("inf")]
+    t_start = time.perf_counter()
+    for r in range(PROBE_ROUNDS):
+        for k, fn in enumerate((fp32, bf16)):
+            t0 = time.perf_counter()
+            fn()
+            best[k] = min(best[k], time.perf_counter() - t0)
+        emulated = best[1] > EMULATED_RATIO * best[0]
+        if emulated or (r + 1 >= MIN_ROUNDS and time.perf_counter() - t_start > BUDGET_S):
+            break
+    return 1000.0 * best[0], 1000.0 * best[1]
+
+
+PROBE_ROUNDS, MIN_ROUNDS, BUDGET_S, EMULATED_RATIO = 7, 3, 0.3, 4.0
 
 
 @lru_cache(maxsize=16)
