@@ -66,6 +66,12 @@ def _read_header(path: Path) -> int:
     return n
 
 
+def check_shard(path: str | Path) -> int:
+    """Validate a shard's header and size without reading its tokens; its token count.
+    ValueError naming the file and the fault."""
+    return _read_header(Path(path))
+
+
 def read_shard(path: str | Path) -> torch.Tensor:
     """The tokens of one shard as a 1-D uint16 tensor (upstream `load_data_shard`)."""
     path = Path(path)

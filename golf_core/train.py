@@ -234,6 +234,7 @@ def load_data(mcfg: ModelConfig, tcfg: TrainConfig) -> Data:
     """Find shards and tokenizer, load the val tokens and byte tables; check they agree with
     the model (vocab) and the run (seq_len). ConfigError names the setting at fault."""
     from golf_core.data import (
+        check_shard,
         default_tokenizer_path,
         load_validation_tokens,
         read_shard,
@@ -255,10 +256,15 @@ def load_data(mcfg: ModelConfig, tcfg: TrainConfig) -> Data:
     if n_pieces != mcfg.vocab_size:
         raise ConfigError(f"vocab_size={mcfg.vocab_size} disagrees with the tokenizer {tok} "
                           f"({n_pieces} pieces)")
-    try:
-        val = load_validation_tokens(data_path, tcfg.train_seq_len, tcfg.val_max_tokens)
+    try:  # every shard's header and size (cheap), train and val alike, before any is read
+        for f in [*train_files, *shard_files(data_path, "val")]:
+            check_shard(f)
     except FileNotFoundError as e:
         raise ConfigError(str(e)) from None
+    except ValueError as e:
+        raise ConfigError(f"data_path: {e}") from None
+    try:
+        val = load_validation_tokens(data_path, tcfg.train_seq_len, tcfg.val_max_tokens)
     except ValueError as e:
         raise ConfigError(f"train_seq_len={tcfg.train_seq_len} is too long for the validation "
                           f"set (val_max_tokens={tcfg.val_max_tokens}): {e}") from None

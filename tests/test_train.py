@@ -400,3 +400,23 @@ def test_cpu_threads_split_the_cores_among_the_processes_of_a_node():
     assert pick_cpu_threads(3, 2) == (3, "threads=3 requested")
     with pytest.raises(ConfigError, match="threads: -1 must be >= 0"):
         pick_cpu_threads(-1, 1)
+
+
+@pytest.mark.parametrize("split, damage, cause", [
+    ("train", "truncate", "size mismatch"),
+    ("val", "truncate", "size mismatch"),
+    ("train", "magic", "bad magic 0"),
+    ("val", "magic", "bad magic 0"),
+])
+def test_a_damaged_shard_of_either_split_gets_one_line_naming_it_first(
+        tmp_path, data_dir, capsys, split, damage, cause):
+    data = tmp_path / "data"
+    shutil.copytree(data_dir, data)
+    shard = sorted(data.glob(f"fineweb_{split}_*.bin"))[0]
+    raw = shard.read_bytes()
+    shard.write_bytes(raw[: len(raw) // 2 + 1] if damage == "truncate" else b"\0" * 4 + raw[4:])
+    assert cli(["--config", str(tiny_config(tmp_path, data))]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert err.startswith(f"error: data_path: {shard}: {cause}"), err  # the cause leads
+    assert not (tmp_path / "runs").exists()  # nothing written
