@@ -15,7 +15,7 @@ export IPYTHONDIR := $(CURDIR)/.cache/ipython
 export JUPYTER_RUNTIME_DIR := $(CURDIR)/.cache/jupyter/runtime
 export PYTHONUNBUFFERED := 1
 
-.PHONY: venv test test-fast lint data report bench clean
+.PHONY: venv test test-fast lint data report bench gpu-check clean
 
 venv: $(VENV)/.installed
 	@mkdir -p .cache/matplotlib .cache/inductor .cache/ipython .cache/jupyter/runtime
@@ -46,8 +46,16 @@ REPORT_ARGS ?=
 report: venv
 	$(PY) -m golf_core.report --scale $(REPORT_SCALE) $(REPORT_ARGS)
 
+# throughput, cost split, eval, artifacts; then our step beside upstream's GPT + Muon
+# (imports ../shared/reference/upstream_baseline_train_gpt.py; skips, saying so, without it)
 bench: venv
 	$(PY) -m benchmarks.run
+	$(PY) -m benchmarks.versus
+
+# On a GPU node (torch with CUDA preinstalled): install, CUDA tests, upstream-size training,
+# side by side with upstream, one notebook; ~8 min. Writes benchmarks/results/gpu_check_*.json
+gpu-check:
+	bash benchmarks/gpu_check.sh
 
 clean:
 	rm -rf .cache .pytest_cache .ruff_cache

@@ -14,8 +14,9 @@ shape (U-Net GPT, tied embedding) on the same random batch with upstream's optim
 
 Every case is warmed up, then timed in rounds (one step of each case per round, the order
 rotating), so load from other processes hits all alike. `ratio` = upstream's best median
-ms/step / ours. MFU uses benchmarks/flops.py's FLOPs per token over the measured fp32 matmul
-peak of this machine. Writes benchmarks/results/<cpu-model>_versus.json.
+ms/step / ours. MFU uses golf_core/flops.py's FLOPs per token over the measured fp32 matmul
+peak of this CPU (on a GPU, `--device cuda`, its datasheet bf16 peak). Writes
+benchmarks/results/<device-name>_versus.json.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ from types import ModuleType
 
 import torch
 
-from benchmarks.flops import matmul_flops_per_token, measured_matmul_peak
-from benchmarks.run import RESULTS, _table, _write_json, machine_info
+from benchmarks.flops import datasheet_peak, matmul_flops_per_token, measured_matmul_peak
+from benchmarks.run import RESULTS, _sync, _table, _write_json, machine_info
 from golf_core import precision
 from golf_core.config import ModelConfig, TrainConfig
 from golf_core.distributed import pick_autocast
@@ -50,7 +51,11 @@ CONFIGS: dict[str, dict] = {
     "9x64-2k": dict(num_layers=9, model_dim=64, tokens=2048),
     "11x64-4k": dict(num_layers=11, model_dim=64, tokens=4096),
     "13x128-8k": dict(num_layers=13, model_dim=128, tokens=8192),
+    # a GPU: upstream's baseline width and one micro-batch of its 8-way split (--device cuda)
+    "gpu-9x512-64k": dict(num_layers=9, model_dim=512, tokens=65536, seq_len=1024,
+                          num_heads=8, num_kv_heads=4),
 }
+CPU_CONFIGS = tuple(c for c in CONFIGS if not c.startswith("gpu"))
 SEQ_LEN = 256
 
 
@@ -65,9 +70,10 @@ def load_upstream(reference: Path = REFERENCE) -> ModuleType | None:
     return module
 
 
-def model_config(num_layers: int, model_dim: int) -> ModelConfig:
-    return ModelConfig(num_layers=num_layers, model_dim=model_dim, num_heads=4, num_kv_heads=2,
-                       mlp_mult=2, vocab_size=1024)
+def model_config(num_layers: int, model_dim: int, num_heads: int = 4,
+                 num_kv_heads: int = 2) -> ModelConfig:
+    return ModelConfig(num_layers=num_layers, model_dim=model_dim, num_heads=num_heads,
+                       num_kv_heads=num_kv_heads, mlp_mult=2, vocab_size=1024)
 
 
 class Case:
@@ -80,8 +86,10 @@ class Case:
         self.times: list[float] = []
 
     def step(self) -> float:
+        device = self.x.device
+        _sync(device)
         t0 = time.perf_counter()
-        cast = (torch.autocast("cpu", dtype=self.dtype) if self.dtype is not None
+        cast = (torch.autocast(device.type, dtype=self.dtype) if self.dtype is not None
                 else contextlib.nullcontext())
         with cast:
             loss = self.model(self.x, self.y)
@@ -89,14 +97,15 @@ class Case:
         for opt in self.optimizers:
             opt.step()
         self.model.zero_grad(set_to_none=True)
+        _sync(device)
         return time.perf_counter() - t0
 
 
 def ours(cfg: ModelConfig, tcfg: TrainConfig, x, y) -> Case:
     torch.manual_seed(0)
-    model = build_model(cfg)
+    model = build_model(cfg).to(x.device)
     shape = precision.ProbeShape.of(cfg, tcfg, x.numel())
-    dtype, _ = pick_autocast(torch.device("cpu"), tcfg.autocast, shape)
+    dtype, _ = pick_autocast(x.device, tcfg.autocast, shape)
     return Case("ours", model, build_optimizers(model, tcfg), dtype, x, y)
 
 
@@ -108,7 +117,7 @@ def upstream_case(up: ModuleType, cfg: ModelConfig, tcfg: TrainConfig, dtype, x,
                    num_kv_heads=cfg.num_kv_heads, mlp_mult=cfg.mlp_mult,
                    tie_embeddings=cfg.tie_embeddings, tied_embed_init_std=cfg.tied_embed_init_std,
                    logit_softcap=cfg.logit_softcap, rope_base=cfg.rope_base,
-                   qk_gain_init=cfg.qk_gain_init)
+                   qk_gain_init=cfg.qk_gain_init).to(x.device)
     named = list(model.blocks.named_parameters())
     patterns = up.CONTROL_TENSOR_NAME_PATTERNS
     matrix = [p for n, p in named if p.ndim == 2 and not any(s in n for s in patterns)]
@@ -142,31 +151,33 @@ def rounds(cases: list[Case], warmup: int, repeat: int) -> None:
 
 
 def compare(up: ModuleType, name: str, spec: dict, warmup: int, repeat: int,
-            peak: float) -> dict:
-    cfg = model_config(spec["num_layers"], spec["model_dim"])
+            peak: float, device: torch.device) -> dict:
+    seq = spec.get("seq_len", SEQ_LEN)
+    cfg = model_config(spec["num_layers"], spec["model_dim"], spec.get("num_heads", 4),
+                       spec.get("num_kv_heads", 2))
     tcfg = TrainConfig(micro_batch_tokens=spec["tokens"], train_batch_tokens=spec["tokens"],
-                       train_seq_len=SEQ_LEN)
+                       train_seq_len=seq)
     gen = torch.Generator().manual_seed(0)
-    shape = (spec["tokens"] // SEQ_LEN, SEQ_LEN)
-    x = torch.randint(0, cfg.vocab_size, shape, generator=gen)
-    y = torch.randint(0, cfg.vocab_size, shape, generator=gen)
+    shape = (spec["tokens"] // seq, seq)
+    x = torch.randint(0, cfg.vocab_size, shape, generator=gen).to(device)
+    y = torch.randint(0, cfg.vocab_size, shape, generator=gen).to(device)
     cases = [ours(cfg, tcfg, x, y),
              upstream_case(up, cfg, tcfg, None, x, y),
              upstream_case(up, cfg, tcfg, torch.bfloat16, x, y)]
     rounds(cases, warmup, repeat)
     med = {c.name: 1000.0 * statistics.median(c.times) for c in cases}
     best_up = min(("upstream fp32", "upstream bf16"), key=med.get)
-    flops = matmul_flops_per_token(cases[0].model, SEQ_LEN)
+    flops = matmul_flops_per_token(cases[0].model, seq)
     tok_s = spec["tokens"] / (med["ours"] / 1000.0)
     return {
-        "config": name, **spec, "seq_len": SEQ_LEN,
+        "config": name, **spec, "seq_len": seq, "device": str(device),
         "ours_ms": med["ours"], "ours_dtype": "bf16" if cases[0].dtype else "fp32",
         "ours_ns_dtype": str(cases[0].optimizers[-2].ns_dtype).removeprefix("torch."),
         "upstream_fp32_ms": med["upstream fp32"], "upstream_bf16_ms": med["upstream bf16"],
         "upstream_best": best_up.split()[1], "ratio": med[best_up] / med["ours"],
         "ours_tokens_per_s": tok_s,
         "upstream_tokens_per_s": spec["tokens"] / (med[best_up] / 1000.0),
-        "flops_per_token": flops, "ours_mfu_fp32_peak": flops * tok_s / peak,
+        "flops_per_token": flops, "ours_mfu": flops * tok_s / peak,
         "samples_ms": {c.name: [1000.0 * t for t in c.times] for c in cases},
     }
 
@@ -174,7 +185,9 @@ def compare(up: ModuleType, name: str, spec: dict, warmup: int, repeat: int,
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.versus", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated config names")
+    p.add_argument("--configs", default=",".join(CPU_CONFIGS),
+                   help=f"comma-separated, of {', '.join(CONFIGS)} (default: the CPU ones)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeat", type=int, default=8)
     p.add_argument("--reference", default=str(REFERENCE),
@@ -198,14 +211,20 @@ def main(argv: list[str] | None = None, echo: Callable[[str], None] = print) -> 
         echo(f"skipped: {Path(args.reference) / UPSTREAM_SCRIPT} not found (the side-by-side "
              "needs the upstream script from ../shared/reference)")
         return 0
-    info = machine_info(torch.device("cpu"))
-    peak = measured_matmul_peak(torch.device("cpu"), torch.float32)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        echo("--device cuda: no CUDA device is available")
+        return 2
+    info = machine_info(device)
+    # MFU: on a GPU against its datasheet bf16 peak; on a CPU against the measured fp32 peak
+    peak = (datasheet_peak(info["device_name"]) if device.type == "cuda" else None) or \
+        measured_matmul_peak(device, torch.float32)
     load_before = os.getloadavg()
     echo(f"# {info['cpu']} | torch {info['torch']} | {info['torch_threads']} threads | load "
-         f"{load_before[0]:.2f} | fp32 peak {peak / 1e9:.1f} GFLOP/s")
+         f"{load_before[0]:.2f} | MFU peak {peak / 1e9:.1f} GFLOP/s")
     rows = []
     for name in names:
-        rows.append(compare(up, name, CONFIGS[name], args.warmup, args.repeat, peak))
+        rows.append(compare(up, name, CONFIGS[name], args.warmup, args.repeat, peak, device))
         r = rows[-1]
         r["probes"] = precision.probes()
         echo(f"  {name}: ours {r['ours_ms']:.1f} ms ({r['ours_dtype']}, NS {r['ours_ns_dtype']})"
@@ -213,10 +232,10 @@ def main(argv: list[str] | None = None, echo: Callable[[str], None] = print) -> 
              f" ms | ratio {r['ratio']:.2f}x")
     echo("\n" + _table(rows, ["config", "ours_ms", "ours_dtype", "ours_ns_dtype",
                               "upstream_fp32_ms", "upstream_bf16_ms", "ratio",
-                              "ours_tokens_per_s", "ours_mfu_fp32_peak"]))
-    slug = "".join(c if c.isalnum() else "-" for c in info["cpu"]).strip("-")[:40]
+                              "ours_tokens_per_s", "ours_mfu"]))
+    slug = "".join(c if c.isalnum() else "-" for c in info["device_name"]).strip("-")[:40]
     out = Path(args.out) if args.out else RESULTS / f"{slug}_versus.json"
-    _write_json({"machine": info, "peak_fp32_flops": peak,
+    _write_json({"machine": info, "peak_flops": peak,
                  "warmup": args.warmup, "repeat": args.repeat, "rows": rows,
                  "load_average": {"before": list(load_before),
                                   "after": list(os.getloadavg())}}, out)

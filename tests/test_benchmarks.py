@@ -181,3 +181,17 @@ def test_artifact_table_scores_each_scheme_and_counts_the_threshold(tmp_path):
 def test_artifacts_of_a_path_that_is_no_run_exits_2(tmp_path, capsys):
     assert run.main(["--artifacts-of", str(tmp_path)]) == 2
     assert "is not a run directory (no config.json)" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_gpu_check_runs_end_to_end_as_a_cpu_dry_run(tmp_path):
+    from benchmarks import gpu_check
+
+    out = tmp_path / "gpu_check.json"
+    assert gpu_check.main(["--dry-run", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    names = [s["step"] for s in report["steps"]]
+    assert names == ["cuda tests", "data", "train", "versus", "notebook 00_prepare_data"]
+    assert all(s["rc"] == 0 for s in report["steps"]), report["steps"]
+    assert report["train_summary"]["steps"] == 2 and report["train_summary"]["mfu"] > 0
+    assert report["versus"]["rows"][0]["ratio"] > 0
