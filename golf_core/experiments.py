@@ -393,9 +393,12 @@ def final_rows(history: pd.DataFrame) -> pd.DataFrame:
     return history[history["step"] == last].reset_index(drop=True)
 
 
-def lane_table(specs: Sequence[RunSpec], upstream_log: str = "") -> pd.DataFrame:
-    """Final lane routing (physical layer) of our parallel runs, and PR #1204's from its log
-    (`golf_core.runs.parse_upstream_log`) when `upstream_log` names one: column `source`."""
+def lane_table(specs: Sequence[RunSpec], upstream_log: str = "", upstream_checkpoint: str = "",
+               upstream_config: str = "") -> pd.DataFrame:
+    """Final lane routing (physical layer) of our parallel runs, PR #1204's from its log
+    (`golf_core.runs.parse_upstream_log`) when `upstream_log` names one, and a checkpoint's
+    (any PR #1204 `final_model.pt` / `.int6.ptz`, with the env vars it was trained with) when
+    `upstream_checkpoint` names one: column `source`."""
     from golf_core.runs import parse_upstream_log
 
     hist = routing_history(specs)
@@ -406,6 +409,9 @@ def lane_table(specs: Sequence[RunSpec], upstream_log: str = "") -> pd.DataFrame
     if upstream_log:
         theirs = parse_upstream_log(upstream_log)["routing"]
         frames.append(theirs.assign(source=f"PR #1204 ({Path(upstream_log).stem})"))
+    if upstream_checkpoint:
+        lanes = checkpoint_routing(upstream_checkpoint, upstream_config)["lanes"]
+        frames.append(lanes.assign(source=f"checkpoint {Path(upstream_checkpoint).name}"))
     df = pd.concat(frames, ignore_index=True)
     df["virtual_layer"] = df["layer"]
     df["layer"] = df["physical"].astype(int)  # physical blocks line up across depths
@@ -473,19 +479,34 @@ def depth_sweep(spec: RunSpec, ks: Sequence[int], *, batch_seqs: int = 16) -> pd
 
 
 def trained_k(spec: RunSpec) -> int:
-    """The K (iterations of the shared layer) a rqz run was trained with."""
+    """The K (passes of the shared layer) a rqz / PR #54 run was trained with."""
     (run,) = load_runs([spec])
-    return int(run.config["model"]["rqz_k"])
+    m = run.config["model"]
+    return int(m["num_recurrent_passes"] if m.get("family") == "pr54" else m["rqz_k"])
 
 
-def checkpoint_routing(path: str) -> pd.DataFrame:
-    """Skip weights of an upstream baseline `final_model.pt` (config read off its shapes)."""
-    import torch
+def parse_env_config(text: str) -> dict[str, str]:
+    """`"RECUR_LAYERS=4,5 PARALLEL_START_LAYER=7"` (space- or newline-separated, as in a
+    training command) -> {"RECUR_LAYERS": "4,5", ...}; a malformed item raises ValueError."""
+    out = {}
+    for item in text.split():
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"upstream_config: expected KEY=VALUE items, got {item!r}")
+        out[key] = value
+    return out
 
+
+def checkpoint_routing(path: str, config: str = "") -> dict[str, pd.DataFrame]:
+    """The routing tables of a checkpoint or artifact of any family (an upstream
+    `final_model.pt`, PR #1204's `final_model.int6.ptz`, one of our runs ...), each with a
+    `variant` column naming the file; `config` = the env vars it was trained with."""
     from golf_core.analysis import routing_tables
+    from golf_core.runs import load_model
 
-    sd = torch.load(path, map_location="cpu", weights_only=True)
-    return routing_tables(sd)["skip_weights"].assign(variant=f"upstream {Path(path).name}")
+    model = load_model(path, config=parse_env_config(config) or None)
+    label = f"{model.cfg.family} {Path(path).name}"
+    return {k: v.assign(variant=label) for k, v in routing_tables(model).items()}
 
 
 def compare(summary: pd.DataFrame, metric: str = "val_bpb") -> pd.DataFrame:
