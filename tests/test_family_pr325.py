@@ -243,9 +243,7 @@ def test_read_artifact_declines_the_other_families_artifacts():
             assert read_artifact(path) is None, folder
 
 
-def test_unported_options_and_test_time_depth_say_what_is_missing():
-    with pytest.raises(NotImplementedError, match="LOOP_CORE_LAYERS"):
-        Model(tiny_config(loop_repeats=1))
+def test_test_time_depth_says_what_the_trained_loop_allows():
     model = Model(tiny_config())
     with pytest.raises(ValueError, match="LOOP_REPEATS=3"):
         model(torch.zeros(1, 4, dtype=torch.long), num_iters=4)

@@ -32,12 +32,15 @@ from torch import Tensor, nn
 
 from golf_core.config import ModelConfig
 
+# Detection asks the published families in this order and takes the first whose keys the
+# state dict has: PR #1204's banks before PR #325's SmearGate/BigramHash names (the record
+# has those too), so a flat PR #325 model is still recognised.
 FAMILY_MODULES: dict[str, str] = {
     "golf": "golf_core.model.gpt",
     "pr54": "golf_core.model.pr54",
-    "pr325": "golf_core.model.pr325",
-    "pr363": "golf_core.model.pr363",
     "pr1204": "golf_core.model.pr1204",
+    "pr363": "golf_core.model.pr363",
+    "pr325": "golf_core.model.pr325",
 }
 FAMILIES: tuple[str, ...] = tuple(FAMILY_MODULES)
 PUBLISHED: tuple[str, ...] = tuple(f for f in FAMILIES if f != "golf")

@@ -2,8 +2,8 @@
 
 Source: openai/parameter-golf PR #325, `records/track_non_record_16mb/
 2026-03-21_LoopedTransformerDesign_1.1462/train_gpt.py` (../shared/reference/SOURCE), class
-`GPT` with LOOP_CORE_LAYERS > 0 and LOOP_REPEATS > 1: the model PR #363's 3x3 / 2x5 loop
-experiments ran on. Its forward:
+`GPT`: the model PR #363's 3x3 / 2x5 loop experiments and their flat control ran on. Looped
+(LOOP_CORE_LAYERS > 0 and LOOP_REPEATS > 1, the script's `loop_enabled`), its forward:
 
 - input: `tok_emb` (+ `bigram`, BigramHash: the (previous, current) token pair hashed into
   BIGRAM_VOCAB_SIZE rows, embedded at BIGRAM_DIM, projected to the width, times a learned
@@ -22,13 +22,19 @@ experiments ran on. Its forward:
   BACKOUT_LAYER), final RMSNorm, tied or untied head, tanh softcap; in training, MTP heads
   (head k predicts token t + k + 2) add MTP_LOSS_WEIGHT x their mean loss.
 
+Flat (LOOP_CORE_LAYERS=0 or LOOP_REPEATS=1): upstream's U-Net on NUM_LAYERS `blocks`, the
+same input, extras, backout and head. The first NUM_LAYERS // 2 blocks (the script's
+`num_encoder_layers`) are the schedule's stem steps, the rest its tail steps, with the same
+skips (tail j adds `skip_weights[j] * pop()`); no loop parameters exist (repeat embeddings,
+adapters, refinement blocks are the loop's only), whatever the loop options say.
+
 Blocks are upstream's with the script's extras: partial RoPE (first ROPE_DIMS dims of a head,
 base NTK-scaled past 1024 tokens), XSA on the last XSA_LAST_N attention blocks (stem, core,
-tail order), LN scale (norm outputs x 1/sqrt(v + 1), v = virtual depth; refinement steps
-unscaled); orthogonal init of every >= 64 x 64 linear, out-projections x 1/sqrt(2 * depth).
+tail order; flat: `blocks` order), LN scale (norm outputs x 1/sqrt(v + 1), v = virtual depth;
+refinement steps unscaled); orthogonal init of every >= 64 x 64 linear, out-projections x
+1/sqrt(2 * depth).
 The extras it shares with PR #1204 (#363: XSA) come from golf_core/model/extras.py: BigramHash,
 SmearGate, the NTK-scaled partial RoPE tables and rotation, XSA, the LN-scale factor.
-Not ported (no preset uses it): the non-looped path (LOOP_CORE_LAYERS=0 or LOOP_REPEATS=1).
 The script's MLP_MULT is a float; ModelConfig.mlp_mult (int) holds the published 3.0.
 """
 
@@ -61,7 +67,10 @@ from golf_core.model.layers import CastedLinear, rms_norm, zero_init
 FAMILY = "pr325"
 PR = 325
 SOURCE = "pr325_looped_middle_cycle_train_gpt.py"
-IDENTIFYING_KEYS = ("stem_blocks.", "loop_blocks.", "refine_blocks.", "tail_blocks.")
+# the looped model's module lists; a flat one (LOOP_CORE_LAYERS=0) has only `blocks.*`, which
+# SmearGate's gate tells from ours (families.py asks PR #1204, which has one too, first)
+IDENTIFYING_KEYS = ("stem_blocks.", "loop_blocks.", "refine_blocks.", "tail_blocks.",
+                    "smear.gate")
 # the script's CONTROL_TENSOR_NAME_PATTERNS, plus the BigramHash table it trains with Adam
 CONTROL_PATTERNS: tuple[str, ...] = (
     "attn_scale", "attn_scales", "mlp_scale", "mlp_scales", "resid_mix", "resid_mixes",
@@ -89,20 +98,26 @@ PRESETS: dict[str, dict] = {
                   "loop_core_layers": 3, "loop_repeats": 3},
     "pr363-2x5": {**_RECORD, "num_heads": 8, "num_kv_heads": 4, "num_layers": 6,
                   "loop_core_layers": 2, "loop_repeats": 5},
+    # PR #363's flat control on the same base: "pr363-3x3" without the loop (LOOP_CORE_LAYERS=0:
+    # the script's U-Net over `blocks`; the loop options left are inert). 11 layers: neither
+    # PR #363's script nor DESIGN.md gives its depth; the issue's "3x3 vs flat 11L" does
+    "pr363-flat": {**_RECORD, "num_heads": 8, "num_kv_heads": 4, "num_layers": 11,
+                   "loop_core_layers": 0, "loop_repeats": 3},
 }  # fmt: skip
 
 
+def looped(cfg: ModelConfig) -> bool:
+    """The script's `loop_enabled`: LOOP_CORE_LAYERS > 0 and LOOP_REPEATS > 1; else flat."""
+    return cfg.loop_core_layers > 0 and cfg.loop_repeats > 1
+
+
 def validate(cfg: ModelConfig) -> None:
-    """The script's constructor checks (ValueError), and NotImplementedError for its
-    non-looped path."""
-    if cfg.loop_core_layers <= 0 or cfg.loop_repeats <= 1:
-        raise NotImplementedError(
-            f"family 'pr325' needs LOOP_CORE_LAYERS > 0 and LOOP_REPEATS > 1 (got "
-            f"{cfg.loop_core_layers}, {cfg.loop_repeats}): the non-looped path is not ported")
+    """The script's constructor checks (ValueError)."""
     hd = cfg.model_dim // cfg.num_heads
     checks = {
-        f"loop_core_layers={cfg.loop_core_layers} <= num_layers={cfg.num_layers}":
-            cfg.loop_core_layers <= cfg.num_layers,
+        f"0 <= loop_core_layers={cfg.loop_core_layers} <= num_layers={cfg.num_layers}":
+            0 <= cfg.loop_core_layers <= cfg.num_layers,
+        "loop_repeats >= 1": cfg.loop_repeats >= 1,
         "num_heads divides model_dim, num_kv_heads divides num_heads":
             cfg.model_dim % cfg.num_heads == 0 and cfg.num_heads % cfg.num_kv_heads == 0,
         f"even head_dim={hd} and rope_dims={cfg.rope_dims} <= head_dim":
@@ -245,18 +260,23 @@ class LoopAdapter(nn.Module):
 
 # ----------------------------------------------------------------------------- schedule
 
+_LISTS = {"stem": "stem_blocks", "core": "loop_blocks", "refine": "refine_blocks",
+          "tail": "tail_blocks"}  # fmt: skip
+
 
 @dataclass(frozen=True)
 class Step:
-    """One virtual layer: module `kind` (stem/core/refine/tail) `index`, loop `repeat` (-1
-    outside the core), `physical` (stem, loop, tail blocks in order, then refinement blocks),
-    `ln_scale` (the norm-output factor; 1.0 on refinement steps)."""
+    """One virtual layer: `kind` (stem/core/refine/tail) `index` (within its kind: a tail
+    step's is its skip), loop `repeat` (-1 outside the core), `physical` (stem, loop, tail
+    blocks in order, then refinement blocks; flat: the `blocks` index), `ln_scale` (the
+    norm-output factor; 1.0 on refinement steps), `module` (its block's state-dict name)."""
 
     kind: str
     index: int
     repeat: int
     physical: int
     ln_scale: float
+    module: str
 
 
 @dataclass(frozen=True)
@@ -279,11 +299,17 @@ class LoopSchedule:
         return [max(s.repeat, 0) for s in self.steps]
 
 
-def build_schedule(cfg: ModelConfig) -> LoopSchedule:
-    """Stem, then per repeat the C attention or refinement blocks, then tail."""
-    C, R = cfg.loop_core_layers, cfg.loop_repeats
+def split(cfg: ModelConfig) -> tuple[int, int, int]:
+    """(stem, core, tail) block counts; flat: the U-Net halves (NUM_LAYERS // 2, 0, rest)."""
+    C = cfg.loop_core_layers if looped(cfg) else 0
     S = (cfg.num_layers - C) // 2
-    T = cfg.num_layers - C - S
+    return S, C, cfg.num_layers - C - S
+
+
+def build_schedule(cfg: ModelConfig) -> LoopSchedule:
+    """Stem, then per repeat the C attention or refinement blocks, then tail; flat: the
+    stem and tail steps alone, run by `blocks` in order."""
+    (S, C, T), R, flat = split(cfg), cfg.loop_repeats, not looped(cfg)
     raw = [("stem", i, -1, i) for i in range(S)]
     for r in range(R):
         attn = r % cfg.loop_attn_every == 0 or r == R - 1
@@ -291,29 +317,26 @@ def build_schedule(cfg: ModelConfig) -> LoopSchedule:
                 for b in range(C)]  # fmt: skip
     raw += [("tail", j, -1, S + C + j) for j in range(T)]
     return LoopSchedule(tuple(
-        Step(kind, i, r, p, ln_scale_factor(v, cfg.ln_scale and kind != "refine"))
+        Step(kind, i, r, p, ln_scale_factor(v, cfg.ln_scale and kind != "refine"),
+             f"blocks.{p}" if flat else f"{_LISTS[kind]}.{i}")
         for v, (kind, i, r, p) in enumerate(raw)
     ))  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- the model
 
-_LISTS = {"stem": "stem_blocks", "core": "loop_blocks", "refine": "refine_blocks",
-          "tail": "tail_blocks"}  # fmt: skip
-
 
 class Model(nn.Module):
-    """PR #325's looped `GPT`. forward(input_ids, target_ids=None, *, num_iters=None): logits
-    (B, T, V), or the mean cross-entropy (+ the MTP term in training). `num_iters` must be
-    None or LOOP_REPEATS: repeat embeddings and adapters exist for the trained repeats only."""
+    """PR #325's `GPT`, looped or flat. forward(input_ids, target_ids=None, *, num_iters=None):
+    logits (B, T, V), or the mean cross-entropy (+ the MTP term in training). `num_iters`
+    must be None or LOOP_REPEATS (flat: 1): repeat embeddings and adapters exist for the
+    trained repeats only."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         validate(cfg)
-        self.cfg, self.schedule = cfg, build_schedule(cfg)
-        d, C = cfg.model_dim, cfg.loop_core_layers
-        S = (cfg.num_layers - C) // 2
-        T = cfg.num_layers - C - S
+        self.cfg, self.schedule, self.looped = cfg, build_schedule(cfg), looped(cfg)
+        d, (S, C, T) = cfg.model_dim, split(cfg)
         self.num_skips = min(S, T)
         # modules in the script's order: same RNG draws, so the same init under a seed
         self.tok_emb = nn.Embedding(cfg.vocab_size, d)
@@ -321,20 +344,24 @@ class Model(nn.Module):
         if cfg.bigram_vocab_size > 0:
             self.bigram = BigramHash(cfg.bigram_vocab_size, cfg.bigram_dim, d)
         self.smear = SmearGate(d)
-        self.stem_blocks = nn.ModuleList(Block(cfg) for _ in range(S))
+        if not self.looped:  # flat: every block in `blocks`, where the script registers it
+            self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
+        stem, tail = (S, T) if self.looped else (0, 0)  # the loop's lists: empty when flat
+        self.stem_blocks = nn.ModuleList(Block(cfg) for _ in range(stem))
         self.loop_blocks = nn.ModuleList(Block(cfg) for _ in range(C))
         self.refine_blocks = nn.ModuleList(RefinementBlock(cfg) for _ in range(C))
         n_adapters = C * cfg.loop_repeats if cfg.loop_adapter_dim else 0
         self.loop_adapters = nn.ModuleList(
             LoopAdapter(d, cfg.loop_adapter_dim) for _ in range(n_adapters))
-        self.tail_blocks = nn.ModuleList(Block(cfg) for _ in range(T))
+        self.tail_blocks = nn.ModuleList(Block(cfg) for _ in range(tail))
         self.loop_repeat_embed = None
-        if cfg.loop_repeat_embed:
+        if cfg.loop_repeat_embed and self.looped:
             self.loop_repeat_embed = nn.Parameter(torch.zeros(cfg.loop_repeats, d))
         self.backout_lambda = None
         if cfg.backout_layer > 0:
             self.backout_lambda = nn.Parameter(torch.tensor(float(cfg.backout_init)))
-        # (0, d) and frozen without skips: the script keeps the key
+        # (0, d) and frozen without skips: the script keeps the key (its flat path, at
+        # NUM_LAYERS=1, leaves that empty tensor trainable; nothing reaches it either way)
         self.skip_weights = nn.Parameter(torch.ones(self.num_skips, d), self.num_skips > 0)
         self.rotary = NTKPartialRotary(d // cfg.num_heads, cfg.rope_base, cfg.rope_dims)
         self.lm_head = None
@@ -342,7 +369,8 @@ class Model(nn.Module):
             self.lm_head = zero_init(CastedLinear(d, cfg.vocab_size, bias=False))
         self.mtp_heads = nn.ModuleList(zero_init(CastedLinear(d, cfg.vocab_size, bias=False))
                                        for _ in range(cfg.mtp_num_heads))  # fmt: skip
-        attn_blocks = [*self.stem_blocks, *self.loop_blocks, *self.tail_blocks]
+        attn_blocks = ([*self.stem_blocks, *self.loop_blocks, *self.tail_blocks] if self.looped
+                       else list(self.blocks))
         for block in attn_blocks[max(0, len(attn_blocks) - cfg.xsa_last_n):]:
             block.attn.use_xsa = cfg.xsa_last_n > 0
         self._init_weights()
@@ -362,7 +390,8 @@ class Model(nn.Module):
                         m.weight.mul_(1.0 / math.sqrt(2 * self.schedule.depth))
 
     def _module(self, step: Step) -> nn.Module:
-        return getattr(self, _LISTS[step.kind])[step.index]
+        name, index = step.module.rsplit(".", 1)  # e.g. "loop_blocks", "1"
+        return getattr(self, name)[int(index)]
 
     def _uses(self, m: nn.Module) -> int:
         return sum(self._module(s) is m for s in self.schedule.steps)
@@ -376,7 +405,9 @@ class Model(nn.Module):
     def _backbone(self, input_ids: Tensor, num_iters: int | None, collect: bool) -> list[Tensor]:
         """The stream after each virtual layer if `collect`, then the one the final norm
         reads (after backout)."""
-        if num_iters not in (None, self.cfg.loop_repeats):
+        if not self.looped and num_iters not in (None, 1):
+            raise ValueError(f"num_iters={num_iters}: this PR #325 model is flat (no loop)")
+        if self.looped and num_iters not in (None, self.cfg.loop_repeats):
             raise ValueError(f"num_iters={num_iters}: PR #325's loop has repeat embeddings and "
                              f"adapters for LOOP_REPEATS={self.cfg.loop_repeats} repeats only")
         x = self.tok_emb(input_ids)
@@ -468,7 +499,8 @@ class Model(nn.Module):
         their sigmoid, bigram scale, backout lambda); columns as golf_core.analysis."""
         from golf_core.analysis import LANE_COLUMNS  # lazy: analysis imports the model package
 
-        S, T, depth = len(self.stem_blocks), len(self.tail_blocks), self.schedule.depth
+        kinds, depth = [s.kind for s in self.schedule.steps], self.schedule.depth
+        S, T = kinds.count("stem"), kinds.count("tail")
         skips = pd.DataFrame(
             [{"skip": j, "encoder_layer": S - 1 - j, "decoder_layer": depth - T + j, **_stats(w)}
              for j, w in enumerate(_f(self.skip_weights))],
@@ -503,7 +535,7 @@ class Model(nn.Module):
         mix, nan = _f(m.resid_mix), float("nan")
         return {
             "layer": v, "physical": s.physical, "cycle": max(s.repeat, 0), "kind": s.kind,
-            "module": f"{_LISTS[s.kind]}.{s.index}", "controls": "own",
+            "module": s.module, "controls": "own",
             "x_coef_mean": mix[0].mean().item(), "x0_coef_mean": mix[1].mean().item(),
             "x_coef_abs_mean": mix[0].abs().mean().item(),
             "x0_coef_abs_mean": mix[1].abs().mean().item(),
@@ -550,41 +582,47 @@ def config_from_state_dict(
     state_dict: Mapping[str, Tensor], base: ModelConfig | None = None
 ) -> ModelConfig:
     """`base` as family "pr325" with what the shapes fix: vocab, width, heads, KV heads,
-    mlp_mult, tie, num_layers and loop_core_layers (stem/core/tail counts), loop_repeats
-    (loop_repeat_embed rows, else adapters / core), loop_repeat_embed, loop_adapter_dim,
-    refine_mlp_mult, bigram_vocab_size, bigram_dim, mtp_num_heads.
+    mlp_mult, tie, num_layers and loop_core_layers (stem/core/tail counts; flat, i.e. `blocks`
+    and no `loop_blocks`: their count and 0), bigram_vocab_size, bigram_dim, mtp_num_heads;
+    looped also loop_repeats (loop_repeat_embed rows, else adapters / core),
+    loop_repeat_embed, loop_adapter_dim, refine_mlp_mult.
 
     From `base` (default: the "pr325" preset, i.e. PR #325's record command), since no shape
     tells them: loop_attn_every, refine_local_mix, xsa_last_n, rope_dims, ln_scale, rope_base,
     logit_softcap, mtp_loss_weight, backout_layer (needed when there is a backout_lambda),
-    loop_repeats without repeat embeddings or adapters (and the init-only qk_gain_init,
-    tied_embed_init_std, backout_init)."""
+    loop_repeats without repeat embeddings or adapters, every loop option when flat (and the
+    init-only qk_gain_init, tied_embed_init_std, backout_init)."""
     sd = {k.removeprefix("_orig_mod."): v for k, v in state_dict.items()}  # torch.compile'd
-    if "tok_emb.weight" not in sd or "loop_blocks.0.attn.q_gain" not in sd:
-        raise ValueError("state dict lacks tok_emb.weight / loop_blocks.0.attn.q_gain: "
-                         "not PR #325's looped GPT")
+    flat = "loop_blocks.0.attn.q_gain" not in sd and "blocks.0.attn.q_gain" in sd
+    first = "blocks.0" if flat else "loop_blocks.0"  # a block every such model has
+    if "tok_emb.weight" not in sd or f"{first}.attn.q_gain" not in sd:
+        raise ValueError("state dict lacks tok_emb.weight / loop_blocks.0.attn.q_gain (flat: "
+                         "blocks.0.attn.q_gain): not PR #325's GPT")
     base = base if base is not None else replace(ModelConfig(), **PRESETS["pr325"])
     vocab, dim = (int(n) for n in sd["tok_emb.weight"].shape)
-    heads = sd["loop_blocks.0.attn.q_gain"].numel()
-    hidden = sd["loop_blocks.0.mlp.fc.weight"].shape[0]
+    heads = sd[f"{first}.attn.q_gain"].numel()
+    hidden = sd[f"{first}.mlp.fc.weight"].shape[0]
     if hidden % dim:
         raise ValueError(f"MLP hidden {hidden} is not a multiple of {dim}: a non-integer "
                          f"MLP_MULT, which ModelConfig.mlp_mult (int) cannot hold")
     S, C, T = (_count(sd, p) for p in ("stem_blocks.", "loop_blocks.", "tail_blocks."))
-    if S != (S + T) // 2:
+    if not flat and S != (S + T) // 2:
         raise ValueError(f"stem {S} / tail {T} blocks: the script makes stem = (stem+tail) // 2")
-    adapter = sd.get("loop_adapters.0.down.weight")
-    refine = sd.get("refine_blocks.0.mlp.fc.weight")
     sizes: dict[str, object] = dict(
         family=FAMILY, vocab_size=vocab, model_dim=dim, num_heads=heads,
-        num_kv_heads=int(sd["loop_blocks.0.attn.c_k.weight"].shape[0] // (dim // heads)),
+        num_kv_heads=int(sd[f"{first}.attn.c_k.weight"].shape[0] // (dim // heads)),
         mlp_mult=hidden // dim, tie_embeddings="lm_head.weight" not in sd,
-        num_layers=S + C + T, loop_core_layers=C, loop_repeat_embed="loop_repeat_embed" in sd,
-        loop_adapter_dim=int(adapter.shape[0]) if adapter is not None else 0,
-        refine_mlp_mult=refine.shape[0] / dim if refine is not None else 0.0,
+        num_layers=_count(sd, "blocks.") if flat else S + C + T, loop_core_layers=C,
         mtp_num_heads=_count(sd, "mtp_heads."),
         bigram_vocab_size=0, backout_layer=base.backout_layer if "backout_lambda" in sd else 0,
     )  # fmt: skip
+    adapter = sd.get("loop_adapters.0.down.weight")
+    refine = sd.get("refine_blocks.0.mlp.fc.weight")
+    if not flat:
+        sizes.update(
+            loop_repeat_embed="loop_repeat_embed" in sd,
+            loop_adapter_dim=int(adapter.shape[0]) if adapter is not None else 0,
+            refine_mlp_mult=refine.shape[0] / dim if refine is not None else 0.0)
     if "loop_repeat_embed" in sd:
         sizes["loop_repeats"] = int(sd["loop_repeat_embed"].shape[0])
     elif adapter is not None:
