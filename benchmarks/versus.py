@@ -12,6 +12,11 @@ shape (U-Net GPT, tied embedding) on the same random batch with upstream's optim
   fp32 and under bf16 autocast; the faster of the two is the reference ("upstream at its
   faster dtype on this CPU").
 
+`--compile blocks` adds a fourth case, ours with each block torch.compile'd (the training
+setting `compile=blocks`); its first step, the compile, is reported apart (`ours_blocks_compile_s`,
+cold or warm as the inductor cache under TORCHINDUCTOR_CACHE_DIR is) and `ratio_blocks` is
+upstream's best over it.
+
 Every case is warmed up, then timed in rounds (one step of each case per round, the order
 rotating), so load from other processes hits all alike. `ratio` = upstream's best median
 ms/step / ours. MFU uses golf_core/flops.py's FLOPs per token over the measured fp32 matmul
@@ -150,8 +155,19 @@ def rounds(cases: list[Case], warmup: int, repeat: int) -> None:
             case.times.append(case.step())
 
 
+def compiled_blocks(case: Case) -> tuple[Case, float]:
+    """`case` with each block compiled in place (`compile=blocks` of golf_core.train) and the
+    seconds its first step took (the compile, on this inductor cache)."""
+    case.name = "ours blocks"
+    for block in case.model.blocks:
+        block.compile()
+    first = case.step()
+    case.times.clear()
+    return case, first
+
+
 def compare(up: ModuleType, name: str, spec: dict, warmup: int, repeat: int,
-            peak: float, device: torch.device) -> dict:
+            peak: float, device: torch.device, compile_blocks: bool = False) -> dict:
     seq = spec.get("seq_len", SEQ_LEN)
     cfg = model_config(spec["num_layers"], spec["model_dim"], spec.get("num_heads", 4),
                        spec.get("num_kv_heads", 2))
@@ -164,6 +180,10 @@ def compare(up: ModuleType, name: str, spec: dict, warmup: int, repeat: int,
     cases = [ours(cfg, tcfg, x, y),
              upstream_case(up, cfg, tcfg, None, x, y),
              upstream_case(up, cfg, tcfg, torch.bfloat16, x, y)]
+    extra: dict = {}
+    if compile_blocks:
+        blocks, extra["ours_blocks_compile_s"] = compiled_blocks(ours(cfg, tcfg, x, y))
+        cases.append(blocks)
     rounds(cases, warmup, repeat)
     med = {c.name: 1000.0 * statistics.median(c.times) for c in cases}
     best_up = min(("upstream fp32", "upstream bf16"), key=med.get)
@@ -178,6 +198,8 @@ def compare(up: ModuleType, name: str, spec: dict, warmup: int, repeat: int,
         "ours_tokens_per_s": tok_s,
         "upstream_tokens_per_s": spec["tokens"] / (med[best_up] / 1000.0),
         "flops_per_token": flops, "ours_mfu": flops * tok_s / peak,
+        **({"ours_blocks_ms": med["ours blocks"], "ratio_blocks": med[best_up] / med["ours blocks"],
+            **extra} if compile_blocks else {}),
         "samples_ms": {c.name: [1000.0 * t for t in c.times] for c in cases},
     }
 
@@ -192,6 +214,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=int, default=8)
     p.add_argument("--reference", default=str(REFERENCE),
                    help="folder holding upstream_baseline_train_gpt.py")
+    p.add_argument("--compile", default="none", choices=["none", "blocks"],
+                   help="blocks: also time ours with each block torch.compile'd (golf_core.train's "
+                   "compile=blocks); its first step (the compile) is reported apart")
     p.add_argument("--out", default="", help="JSON path (default results/<cpu>_versus.json)")
     return p
 
@@ -224,19 +249,25 @@ def main(argv: list[str] | None = None, echo: Callable[[str], None] = print) -> 
          f"{load_before[0]:.2f} | MFU peak {peak / 1e9:.1f} GFLOP/s")
     rows = []
     for name in names:
-        rows.append(compare(up, name, CONFIGS[name], args.warmup, args.repeat, peak, device))
+        rows.append(compare(up, name, CONFIGS[name], args.warmup, args.repeat, peak, device,
+                            compile_blocks=args.compile == "blocks"))
         r = rows[-1]
         r["probes"] = precision.probes()
         echo(f"  {name}: ours {r['ours_ms']:.1f} ms ({r['ours_dtype']}, NS {r['ours_ns_dtype']})"
              f" | upstream fp32 {r['upstream_fp32_ms']:.1f} / bf16 {r['upstream_bf16_ms']:.1f}"
-             f" ms | ratio {r['ratio']:.2f}x")
+             f" ms | ratio {r['ratio']:.2f}x" + (
+                 f" | ours blocks {r['ours_blocks_ms']:.1f} ms, ratio {r['ratio_blocks']:.2f}x"
+                 f" (compile {r['ours_blocks_compile_s']:.1f} s)" if "ratio_blocks" in r else ""))
+    blocks = ["ours_blocks_ms", "ratio_blocks", "ours_blocks_compile_s"]
     echo("\n" + _table(rows, ["config", "ours_ms", "ours_dtype", "ours_ns_dtype",
                               "upstream_fp32_ms", "upstream_bf16_ms", "ratio",
+                              *(blocks if args.compile == "blocks" else []),
                               "ours_tokens_per_s", "ours_mfu"]))
     slug = "".join(c if c.isalnum() else "-" for c in info["device_name"]).strip("-")[:40]
     out = Path(args.out) if args.out else RESULTS / f"{slug}_versus.json"
     _write_json({"machine": info, "peak_flops": peak,
-                 "warmup": args.warmup, "repeat": args.repeat, "rows": rows,
+                 "warmup": args.warmup, "repeat": args.repeat, "compile": args.compile,
+                 "rows": rows,
                  "load_average": {"before": list(load_before),
                                   "after": list(os.getloadavg())}}, out)
     echo(f"\nwrote {out}")

@@ -202,7 +202,7 @@ class TrainConfig:
     # ours
     checkpoint_every: int = 0  # 0 = only at the end
     device: str = "auto"  # auto | cpu | cuda
-    compile: bool = False
+    compile: str = "none"  # none | blocks | model | auto (train.py); 0/1 = none/model
     autocast: str = "auto"  # auto | bf16 | none
     eval_stride: int = 0  # 0 = non-overlapping eval; >0 = also a sliding-window eval
     val_max_tokens: int = 0  # 0 = the whole validation stream

@@ -19,6 +19,7 @@ measured time, so a resumed run follows the same schedule only approximately.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import json
@@ -155,7 +156,78 @@ class Invocation:
 
 def _stored_config(run_dir: Path) -> dict[str, Any]:
     cfg = load_json(run_dir / CONFIG)
-    return {"model": cfg.get("model", {}), "train": cfg.get("train", {})}
+    return _compile_as_text({"model": cfg.get("model", {}), "train": cfg.get("train", {})})
+
+
+# --- torch.compile: none | blocks (each transformer block, "regional") | model | auto
+
+COMPILE_MODES = ("none", "blocks", "model", "auto")
+_COMPILE_ALIASES = {"0": "none", "false": "none", "no": "none", "off": "none",
+                    "1": "model", "true": "model", "yes": "model", "on": "model"}
+# auto on CPU compiles the blocks from this many steps on. Measured (benchmarks/results/
+# optimizations.md, 2 shared cores, widths 64-128): compiled blocks save ~15-25% of a step
+# (~50-400 ms) and cost ~20-75 s of compiling on a cold inductor cache (~5-10 s warm), so they
+# pay off after at most ~1000 steps.
+AUTO_COMPILE_MIN_STEPS = 1000
+
+
+def _compile_as_text(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """A config mapping whose train `compile` was a JSON boolean (before it took modes) with
+    that value as 1/0, which the str field reads as model/none."""
+    out = dict(cfg)
+    for section in ("train", None):
+        d = out.get(section, {}) if section else out
+        if isinstance(d, dict) and isinstance(d.get("compile"), bool):
+            d = {**d, "compile": "1" if d["compile"] else "0"}
+            if section:
+                out[section] = d
+            else:
+                out = d
+    return out
+
+
+def compile_mode_name(value: str) -> str:
+    """`compile` as one of COMPILE_MODES (0/1/true/false read as none/model)."""
+    text = str(value).strip().lower()
+    mode = _COMPILE_ALIASES.get(text, text)
+    if mode not in COMPILE_MODES:
+        raise ConfigError(f"compile={value!r}: expected one of {', '.join(COMPILE_MODES)} "
+                          "(or 0/1)")
+    return mode
+
+
+def resolve_compile(tcfg: TrainConfig, device: torch.device,
+                    model: torch.nn.Module) -> tuple[str, str]:
+    """(mode, why): what `compile` does for this run. auto: on CPU, the blocks of our GPT
+    once the run has AUTO_COMPILE_MIN_STEPS steps (the compile cost then pays off); else none
+    (on a GPU auto does not compile: say `model` or `blocks` there)."""
+    from golf_core.model.gpt import GPT
+
+    mode = compile_mode_name(tcfg.compile)
+    blocks = getattr(model, "blocks", None)
+    if mode == "blocks" and not isinstance(blocks, torch.nn.ModuleList):
+        raise ConfigError(f"compile=blocks: {type(model).__name__} has no `blocks` list")
+    if mode != "auto":
+        return mode, "as set"
+    if device.type != "cpu":
+        return "none", f"auto compiles only on CPU (device {device.type})"
+    if not isinstance(model, GPT):
+        return "none", f"auto compiles only our GPT (not {type(model).__name__})"
+    if tcfg.iterations < AUTO_COMPILE_MIN_STEPS:
+        return "none", (f"auto: iterations {tcfg.iterations} < {AUTO_COMPILE_MIN_STEPS}, too "
+                        "short for the compile time to pay off")
+    return "blocks", f"auto: iterations {tcfg.iterations} >= {AUTO_COMPILE_MIN_STEPS} on CPU"
+
+
+def apply_compile(model: torch.nn.Module, mode: str) -> torch.nn.Module:
+    """The callable the loop trains with: the model, its blocks compiled in place (state-dict
+    names unchanged), or the whole model compiled."""
+    if mode == "model":
+        return torch.compile(model)
+    if mode == "blocks":
+        for block in model.blocks:
+            block.compile()
+    return model
 
 
 def _resume_config(
@@ -187,7 +259,7 @@ def parse_invocation(argv: Sequence[str] | None, environ: Mapping[str, str]) -> 
     """Parse argv and resolve the config (ConfigError on any unknown key or bad value)."""
     args = build_parser().parse_args(argv)
     sets = parse_set_args(args.sets)
-    file_cfg = load_json(args.config) if args.config else None
+    file_cfg = _compile_as_text(load_json(args.config)) if args.config else None
     mcfg, tcfg = resolve(scale=args.scale, preset=args.preset, config=file_cfg,
                          environ=environ, sets=sets, config_source=args.config or "config")
     run_dir = Path(args.run_dir).resolve() if args.run_dir else None
@@ -201,6 +273,7 @@ def parse_invocation(argv: Sequence[str] | None, environ: Mapping[str, str]) -> 
         mcfg, tcfg, notes = _resume_config(run_dir, environ, sets)
     if args.stop_at_step < 0:
         raise ConfigError(f"--stop-at-step {args.stop_at_step}: must be >= 0")
+    tcfg = dataclasses.replace(tcfg, compile=compile_mode_name(tcfg.compile))
     return Invocation(mcfg, tcfg, args.preset, args.scale, run_dir, args.resume,
                       args.stop_at_step, args.print_config,
                       list(argv) if argv is not None else sys.argv[1:], notes)
@@ -355,7 +428,8 @@ class Trainer:
         seed_everything(self.tcfg.seed)
         self.model = build_model(self.mcfg, rt)
         broadcast_module(rt, self.model)
-        self.forward = torch.compile(self.model) if self.tcfg.compile else self.model
+        self.compile_mode, self.compile_why = resolve_compile(self.tcfg, rt.device, self.model)
+        self.forward = apply_compile(self.model, self.compile_mode)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizers = build_optimizers(self.model, self.tcfg)
         seed = self.tcfg.seed if self.tcfg.random_windows else None
@@ -487,7 +561,10 @@ class Trainer:
         t = self.tcfg
         local = t.val_batch_size // (self.rt.world_size * self.plan.grad_accum_steps)
         batch_seqs = max(1, local // t.train_seq_len)  # upstream's val batch per rank
-        with autocast_context(self.rt):
+        # compiled blocks evaluate eagerly: no second (inference) compile, eager's numbers
+        eager = (torch.compiler.set_stance("force_eager") if self.compile_mode == "blocks"
+                 else contextlib.nullcontext())
+        with autocast_context(self.rt), eager:
             return evaluate_bpb(model, self.data.val_tokens, t.train_seq_len, self.data.tables,
                                 batch_seqs=batch_seqs, stride=stride, device=self.rt.device)
 
@@ -760,7 +837,8 @@ def print_header(trainer: Trainer) -> None:
         f"max_wallclock_seconds:{t.max_wallclock_seconds:.3f}")
     log(f"seed:{t.seed}")
     log(f"device:{rt.device} backend:{rt.backend} autocast:{rt.autocast_dtype} "
-        f"compile:{t.compile}")
+        f"compile:{trainer.compile_mode}" + (f" ({t.compile}: {trainer.compile_why})"
+                                              if t.compile == "auto" else ""))
     for what, why in rt.reasons.items():
         log(f"why {what}: {why}")
     log(f"data: {trainer.data.data_path} tokenizer: {trainer.data.tokenizer_path} "

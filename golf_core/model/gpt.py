@@ -27,7 +27,8 @@ from golf_core.model.layers import (
     Controls,
     LowRankAdapter,
     RMSNorm,
-    rms_norm,
+    fast_rms_norm,
+    softcap_cross_entropy,
     zero_init,
 )
 from golf_core.schedule import (
@@ -224,14 +225,14 @@ class GPT(nn.Module):
         """x += w * skip; into both lanes once lanes run (a lane-pair skip lane by lane)."""
         w = w.to(skip[0].dtype if isinstance(skip, tuple) else skip.dtype)[None, None, :]
         if isinstance(state, Tensor):
-            return state + w * skip
+            return torch.addcmul(state, w, skip)
         s0, s1 = skip if isinstance(skip, tuple) else (skip, skip)
         return state[0] + w * s0, state[1] + w * s1
 
     def _backbone(self, input_ids: Tensor, num_iters: int | None, collect: bool) -> list[Tensor]:
         """Hidden states after each virtual layer if `collect`, else only the last."""
         sched = self.schedule_for(num_iters)
-        x = rms_norm(self.tok_emb(input_ids))  # (B, T, D)
+        x = fast_rms_norm(self.tok_emb(input_ids))  # (B, T, D)
         x0, state = x, x
         skips: list[Tensor | tuple[Tensor, Tensor]] = []
         hidden: list[Tensor] = []
@@ -258,12 +259,17 @@ class GPT(nn.Module):
     def forward(
         self, input_ids: Tensor, target_ids: Tensor | None = None, *, num_iters: int | None = None
     ) -> Tensor:
-        x = self.final_norm(self._backbone(input_ids, num_iters, collect=False)[-1])
+        x = self._backbone(input_ids, num_iters, collect=False)[-1]
+        x = fast_rms_norm(x)  # = self.final_norm(x)
         if self.lm_head is None:
             logits = F.linear(x, self.tok_emb.weight.to(x.dtype))
         else:
             logits = self.lm_head(x)
         cap = self.cfg.logit_softcap
+        if target_ids is not None:
+            return softcap_cross_entropy(
+                logits.reshape(-1, logits.size(-1)), target_ids.reshape(-1), cap
+            )
         logits = cap * torch.tanh(logits / cap)  # (B, T, V)
         if target_ids is None:
             return logits

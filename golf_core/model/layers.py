@@ -44,6 +44,38 @@ def rms_norm(x: Tensor) -> Tensor:
     return F.rms_norm(x, (x.size(-1),))
 
 
+class _FastRMSNorm(torch.autograd.Function):
+    """fp32 parameter-free RMSNorm in two passes forward and four backward.
+
+    torch's CPU `F.rms_norm` is a composite (pow, mean, add, rsqrt, mul forward; seven
+    elementwise passes backward); this computes the same function with the same eps
+    (float32's), equal to rounding: y = x * rstd, rstd = rsqrt(mean(x^2) + eps);
+    dx = rstd * (g - y * mean(g * y)).
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        n = x.size(-1)
+        ss = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+        rstd = ss.square_().div_(n).add_(torch.finfo(torch.float32).eps).rsqrt_()
+        y = x * rstd
+        ctx.save_for_backward(y, rstd)
+        return y
+
+    @staticmethod
+    def backward(ctx, g: Tensor) -> Tensor:
+        y, rstd = ctx.saved_tensors
+        m = (g * y).sum(-1, keepdim=True)
+        return torch.addcmul(g, y, m, value=-1.0 / y.size(-1)).mul_(rstd)
+
+
+def fast_rms_norm(x: Tensor) -> Tensor:
+    """`rms_norm`, through `_FastRMSNorm` for fp32 CPU input (elsewhere `F.rms_norm`)."""
+    if x.dtype == torch.float32 and x.device.type == "cpu":
+        return _FastRMSNorm.apply(x)
+    return rms_norm(x)
+
+
 class RMSNorm(nn.Module):
     """Upstream `RMSNorm`: no learnable scale (so nothing of it lands in the state dict)."""
 
@@ -74,28 +106,59 @@ def zero_init(linear: CastedLinear) -> CastedLinear:
 
 
 class Rotary(nn.Module):
-    """RoPE tables over the full head dim; cos/sin cached per (seq_len, device)."""
+    """RoPE tables over the full head dim; cos/sin cached per (seq_len, device). Under
+    torch.compile the tables are computed in the graph instead (no cache to guard on)."""
 
     def __init__(self, dim: int, base: float = 10000.0) -> None:
         super().__init__()
         inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
         self._cache: tuple[int, torch.device, Tensor, Tensor] | None = None
+        self._full: tuple[Tensor, torch.dtype, Tensor, Tensor] | None = None
+
+    def _tables(self, seq_len: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        t = torch.arange(seq_len, device=device, dtype=self.inv_freq.dtype)
+        freqs = torch.outer(t, self.inv_freq.to(device))  # (T, dim/2)
+        return freqs.cos(), freqs.sin()
 
     def forward(
         self, seq_len: int, device: torch.device, dtype: torch.dtype
     ) -> tuple[Tensor, Tensor]:
+        if torch.compiler.is_compiling():
+            cos, sin = self._tables(seq_len, device)
+            return cos[None, None].to(dtype), sin[None, None].to(dtype)
         # A table built under torch.inference_mode (evaluation) is an inference tensor that
         # autograd refuses to save, so training after an eval must not reuse it.
         stale = self._cache is not None and (
             self._cache[2].is_inference() and not torch.is_inference_mode_enabled()
         )
         if stale or self._cache is None or self._cache[0] != seq_len or self._cache[1] != device:
-            t = torch.arange(seq_len, device=device, dtype=self.inv_freq.dtype)
-            freqs = torch.outer(t, self.inv_freq.to(device))  # (T, dim/2)
-            self._cache = (seq_len, device, freqs.cos()[None, None], freqs.sin()[None, None])
+            cos, sin = self._tables(seq_len, device)
+            self._cache = (seq_len, device, cos[None, None], sin[None, None])
         _, _, cos, sin = self._cache
         return cos.to(dtype), sin.to(dtype)  # (1, 1, T, dim/2) each
+
+    def full_tables(
+        self, seq_len: int, device: torch.device, dtype: torch.dtype
+    ) -> tuple[Tensor, Tensor]:
+        """Full-width tables for `apply_rotary_full` on (B, T, heads, dim): cos = [cos, cos],
+        sin = [sin, -sin], each (T, 1, dim), cached with `forward`'s tables per dtype."""
+        cos, sin = self(seq_len, device, torch.float32)
+        if torch.compiler.is_compiling():
+            return _full_width(cos[0, 0], sin[0, 0], dtype)
+        full = self._full
+        stale = full is not None and (  # see `forward`
+            full[2].is_inference() and not torch.is_inference_mode_enabled()
+        )
+        if stale or full is None or full[0] is not cos or full[1] != dtype:
+            self._full = full = (cos, dtype, *_full_width(cos[0, 0], sin[0, 0], dtype))
+        return full[2], full[3]
+
+
+def _full_width(cos: Tensor, sin: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """(T, dim/2) tables -> [cos, cos] and [sin, -sin], (T, 1, dim) in `dtype`."""
+    return (torch.cat((cos, cos), -1).to(dtype)[:, None, :],
+            torch.cat((sin, -sin), -1).to(dtype)[:, None, :])
 
 
 def apply_rotary_emb(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -103,6 +166,50 @@ def apply_rotary_emb(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     half = x.size(-1) // 2
     x1, x2 = x[..., :half], x[..., half:]
     return torch.cat((x1 * cos + x2 * sin, x1 * (-sin) + x2 * cos), dim=-1)
+
+
+def apply_rotary_full(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """`apply_rotary_emb` with `Rotary.full_tables`: x*[cos,cos] + [x2,x1]*[sin,-sin], the same
+    products and sums (equal to rounding: addcmul may fuse the add) in three passes, not seven."""
+    half = x.size(-1) // 2
+    return torch.addcmul(x * cos, torch.cat((x[..., half:], x[..., :half]), -1), sin)
+
+
+def _linear_weight(linear: CastedLinear) -> Tensor:
+    return linear.weight if linear.qat is None else linear.qat(linear.weight)
+
+
+class _SoftcapCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of z = cap * tanh(logits / cap) over fp32 logits (N, V), with the
+    gradient computed from log_softmax(z) and t = tanh(logits / cap) saved in the forward:
+    dlogits = (softmax(z) - onehot(target)) * (1 - t^2) * g / N. Same formulas as autograd
+    through tanh, mul, log_softmax and nll_loss, in fewer passes over the logits (every target
+    counts: no ignore_index, which nothing here uses)."""
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, target: Tensor, cap: float) -> Tensor:
+        t = torch.div(logits, cap).tanh_()
+        logp = torch.log_softmax(t * cap, dim=-1)
+        loss = F.nll_loss(logp, target, reduction="mean")
+        ctx.save_for_backward(t, logp, target)
+        return loss
+
+    @staticmethod
+    def backward(ctx, g: Tensor) -> tuple[Tensor, None, None]:
+        t, logp, target = ctx.saved_tensors
+        grad = logp.exp()  # softmax(z)
+        rows = torch.arange(grad.size(0), device=grad.device)
+        grad[rows, target] -= 1.0
+        dtanh = torch.addcmul(torch.ones((), dtype=t.dtype, device=t.device), t, t, value=-1.0)
+        return grad.mul_(dtanh).mul_(g / grad.size(0)), None, None
+
+
+def softcap_cross_entropy(logits: Tensor, target: Tensor, cap: float) -> Tensor:
+    """F.cross_entropy(cap * tanh(logits / cap), target) for (N, V) logits, through
+    `_SoftcapCrossEntropy` when they are fp32 (other dtypes: the autograd ops)."""
+    if logits.dtype == torch.float32:
+        return _SoftcapCrossEntropy.apply(logits, target, cap)
+    return F.cross_entropy((cap * torch.tanh(logits / cap)).float(), target, reduction="mean")
 
 
 class CausalSelfAttention(nn.Module):
@@ -121,17 +228,23 @@ class CausalSelfAttention(nn.Module):
         self.rotary = Rotary(self.head_dim, base=cfg.rope_base)
 
     def forward(self, x: Tensor, q_gain: Tensor | None = None) -> Tensor:
+        """Upstream's attention with one QKV matmul (the three weights concatenated at use, so
+        the state dict keeps c_q/c_k/c_v), one RMSNorm and one rotary over q and k side by side
+        in (B, T, heads, Dh) and the query gain after it: equal to upstream's to rounding."""
         B, T, D = x.shape
-        q = self.c_q(x).reshape(B, T, self.num_heads, self.head_dim).transpose(1, 2)
-        k = self.c_k(x).reshape(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.c_v(x).reshape(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = rms_norm(q), rms_norm(k)  # (B, H, T, Dh), (B, Hkv, T, Dh)
-        cos, sin = self.rotary(T, x.device, q.dtype)
-        q, k = apply_rotary_emb(q, cos, sin), apply_rotary_emb(k, cos, sin)
+        H, Hkv, Dh = self.num_heads, self.num_kv_heads, self.head_dim
+        w = torch.cat([_linear_weight(m) for m in (self.c_q, self.c_k, self.c_v)])
+        qkv = F.linear(x, w.to(x.dtype)).view(B, T, H + 2 * Hkv, Dh)
+        qk, v = qkv.split((H + Hkv, Hkv), dim=2)
+        qk = fast_rms_norm(qk)
+        cos, sin = self.rotary.full_tables(T, x.device, qk.dtype)
+        qk = apply_rotary_full(qk, cos, sin)
         gain = self.q_gain if q_gain is None else q_gain
-        q = q * gain.to(q.dtype)[None, :, None, None]
+        q, k = qk.split((H, Hkv), dim=2)
+        q = q * gain.to(q.dtype)[None, None, :, None]
         y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, enable_gqa=self.num_kv_heads != self.num_heads
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True,
+            enable_gqa=Hkv != H,
         )  # (B, H, T, Dh)
         return self.proj(y.transpose(1, 2).reshape(B, T, D))
 
@@ -197,11 +310,11 @@ class Block(nn.Module):
     ) -> Tensor:
         attn_scale, mlp_scale, mix, q_gain = self._controls(ctl)
         mix = mix.to(x.dtype)
-        x = mix[0][None, None, :] * x + mix[1][None, None, :] * x0  # (B, T, D)
+        x = torch.addcmul(mix[1] * x0, mix[0], x)  # mix0*x + mix1*x0, (B, T, D)
         if attn:
-            x = x + attn_scale.to(x.dtype)[None, None, :] * self.attn(self.attn_norm(x), q_gain)
-        mlp_out = (mlp or self.mlp)(self.mlp_norm(x))
-        return x + mlp_scale.to(x.dtype)[None, None, :] * mlp_out
+            x = torch.addcmul(x, attn_scale.to(x.dtype), self.attn(fast_rms_norm(x), q_gain))
+        mlp_out = (mlp or self.mlp)(fast_rms_norm(x))
+        return torch.addcmul(x, mlp_scale.to(x.dtype), mlp_out)
 
     def forward_lanes(
         self,
