@@ -39,31 +39,49 @@ from golf_core import paths
 GROUPS = ("routing", "lanes", "flat_vs_looped", "quant", "depth")
 SEEDS = (1337, 42)
 
-# label -> preset, overrides, groups, seeded (True: every seed of the scale; False: the first)
+# label -> preset, overrides, groups, seeded (True: every seed of the scale; False: the first).
+# The published arms are the PRs' own models (golf_core/model/pr*.py presets: the label says
+# which PR); at the cpu and ci scales only the width changes (the scale's `common`, plus
+# `family_common` where an option is tied to the head width), never the architecture.
 _MATRIX: dict[str, dict[str, Any]] = {
     "unet": dict(preset="unet", set={}, groups=("routing",), seeded=False, checkpoints=True),
     # one explainer article says the skip weights start at zero; upstream's code uses ones
     "unet-zeros": dict(preset="unet", set={"skip_init": "zeros"}, groups=("routing",),
                        seeded=False, checkpoints=True),
-    # PR #363's control: a plain stack as deep as the 3x3 loop (11 virtual layers)
-    "flat": dict(preset="flat", set={"num_layers": 11}, groups=("flat_vs_looped",),
-                 seeded=True, checkpoints=False),
-    "looped-3x3": dict(preset="looped-3x3", set={},
-                       groups=("flat_vs_looped", "quant", "routing"), seeded=True,
-                       checkpoints=True),
-    "looped-2x5": dict(preset="looped-2x5", set={}, groups=("flat_vs_looped",), seeded=True,
+    # PR #363's control: PR #325's model without the loop, as deep as its flat comparison
+    "pr363-flat": dict(preset="pr363-flat", set={}, groups=("flat_vs_looped",), seeded=True,
                        checkpoints=False),
+    # PR #363's table on PR #325's model: 3 stem / 3 core x 3 / 3 tail and 2 / 2 x 5 / 2
+    "pr363-3x3": dict(preset="pr363-3x3", set={},
+                      groups=("flat_vs_looped", "quant", "routing"), seeded=True,
+                      checkpoints=True),
+    "pr363-2x5": dict(preset="pr363-2x5", set={}, groups=("flat_vs_looped",), seeded=True,
+                      checkpoints=False),
+    # PR #363 compared at equal wallclock; equal training FLOPs is its deterministic stand-in:
+    # these train the 3x3 run's FLOPs (golf_core.flops) in as many steps as that buys them
+    "pr363-flat-flops": dict(preset="pr363-flat", set={}, groups=("flat_vs_looped",),
+                             seeded=True, checkpoints=False, label="pr363-flat",
+                             budget="flops", match="pr363-3x3"),
+    "pr363-2x5-flops": dict(preset="pr363-2x5", set={}, groups=("flat_vs_looped",),
+                            seeded=True, checkpoints=False, label="pr363-2x5", budget="flops",
+                            match="pr363-3x3"),
     # PR #363: uniform noise of one quantization step on the loop core's weights
-    "looped-3x3-noisy-qat": dict(preset="looped-3x3",
-                                 set={"qat_mode": "noisy", "qat_modules": "core"},
-                                 groups=("quant",), seeded=False, checkpoints=False),
-    "rqz": dict(preset="rqz", set={}, groups=("depth",), seeded=False, checkpoints=False),
-    # PR #1204's record shape; the preset delays recurrence to 48% of training
-    "mini+parallel": dict(preset="mini+parallel", set={}, groups=("lanes", "routing"),
-                          seeded=False, checkpoints=True),
-    "mini+parallel-always-on": dict(preset="mini+parallel", set={"recur_start_frac": 0.0},
-                                    groups=("lanes",), seeded=False, checkpoints=False),
+    "pr363-3x3-noisy-qat": dict(preset="pr363-3x3",
+                                set={"qat_mode": "noisy", "qat_modules": "core"},
+                                groups=("quant",), seeded=True, checkpoints=False),
+    # PR #54: the whole U-Net, then its last block K = 3 times (test-time K' in notebook 06)
+    "pr54": dict(preset="pr54", set={}, groups=("depth",), seeded=False, checkpoints=False),
+    # PR #1204's record; its log switched recurrence on at step 3000 of 6242 (48%)
+    "pr1204": dict(preset="pr1204", set={"recur_start_frac": 0.48}, groups=("lanes", "routing"),
+                   seeded=True, checkpoints=True),
+    "pr1204-always-on": dict(preset="pr1204", set={"recur_start_step": 0,
+                                                   "recur_start_frac": 0.0},
+                             groups=("lanes",), seeded=True, checkpoints=False),
 }  # fmt: skip
+
+# At our widths a head is 16 wide (64 / 4, 32 / 2): the records' partial RoPE on 16 of 64
+# head dims becomes 4 of 16, the same quarter (a setting tied to the head width).
+_NARROW_FAMILY = {"pr325": {"rope_dims": 4}, "pr1204": {"rope_dims": 4}}
 
 # Per scale: the golf_core.train --scale it builds on, settings every run shares, the seeds,
 # and the notebook parameters that go with it.
@@ -80,6 +98,7 @@ SCALES: dict[str, dict[str, Any]] = {
             "train_log_every": 10, "val_max_tokens": 32_768,
             "export_scheme": "int6",  # PR #1204's export precision (QAT follows the export)
         },
+        family_common=_NARROW_FAMILY,
         checkpoints=5,  # checkpoints per run where a notebook shows routing over training
         corpus_docs=0,  # 0 = the whole built-in corpus
         val_docs=20,
@@ -95,6 +114,7 @@ SCALES: dict[str, dict[str, Any]] = {
             "val_max_tokens": 2048, "val_batch_size": 2048, "muon_momentum_warmup_steps": 4,
             "export_scheme": "int6",
         },
+        family_common=_NARROW_FAMILY,
         checkpoints=4,
         corpus_docs=8,  # a handful of speeches: the tokenizer trains in a second or two
         val_docs=2,
@@ -103,7 +123,7 @@ SCALES: dict[str, dict[str, Any]] = {
     "gpu": dict(
         train_scale="upstream",
         seeds=SEEDS,
-        common={"export_scheme": "int6", "compile": True},
+        common={"export_scheme": "int6", "compile": "model"},
         checkpoints=5,
         corpus_docs=0,
         val_docs=20,
@@ -124,6 +144,8 @@ class RunSpec:
     train_scale: str
     overrides: Mapping[str, Any] = field(default_factory=dict)
     groups: tuple[str, ...] = ()
+    budget: str = "steps"  # "steps" (the scale's) or "flops" (matched to `match`'s run)
+    match: str = ""  # the label whose training FLOPs a "flops" run spends
 
     @property
     def run_dir(self) -> Path:
@@ -145,7 +167,7 @@ class RunSpec:
     def as_row(self) -> dict[str, Any]:
         """A flat row for a table of the matrix."""
         return {"name": self.name, "label": self.label, "preset": self.preset,
-                "seed": self.seed, "groups": ",".join(self.groups),
+                "seed": self.seed, "budget": self.budget, "groups": ",".join(self.groups),
                 "overrides": ", ".join(f"{k}={v}" for k, v in self.overrides.items())}
 
 
@@ -182,12 +204,14 @@ def run_matrix(scale: str = "cpu", *, groups: Sequence[str] | str = "all",
     data = data_path or str(dataset_dir(scale))
     tok = tokenizer_path or str(Path(data) / "tokenizer.model")
     specs: list[RunSpec] = []
-    for label, entry in _MATRIX.items():
+    for key, entry in _MATRIX.items():
         chosen = tuple(g for g in entry["groups"] if g in wanted)
         if not chosen:
             continue
-        overrides = {**cfg["common"], **entry["set"], "data_path": data, "tokenizer_path": tok,
-                     **(extra or {})}
+        overrides = _overrides(cfg, entry, data, tok, extra)
+        if entry.get("budget") == "flops":
+            overrides = _flops_matched(cfg, entry, overrides, _overrides(
+                cfg, _MATRIX[entry["match"]], data, tok, extra))
         if entry["checkpoints"]:
             # every checkpoint kept: the routing notebooks plot how the controls evolve
             overrides["checkpoint_every"] = max(1, overrides["iterations"] // cfg["checkpoints"]
@@ -195,11 +219,48 @@ def run_matrix(scale: str = "cpu", *, groups: Sequence[str] | str = "all",
             overrides["keep_checkpoints"] = 0
         digest = _settings_hash(entry["preset"], overrides, cfg["train_scale"])
         for seed in cfg["seeds"] if entry["seeded"] else cfg["seeds"][:1]:
-            specs.append(RunSpec(name=f"{scale}-{label}-s{seed}-{digest}", label=label,
-                                 preset=entry["preset"], seed=seed, scale=scale,
-                                 train_scale=cfg["train_scale"], overrides=overrides,
-                                 groups=chosen))
+            specs.append(RunSpec(name=f"{scale}-{key}-s{seed}-{digest}",
+                                 label=entry.get("label", key), preset=entry["preset"],
+                                 seed=seed, scale=scale, train_scale=cfg["train_scale"],
+                                 overrides=overrides, groups=chosen,
+                                 budget=entry.get("budget", "steps"),
+                                 match=entry.get("match", "")))
     return specs
+
+
+def _overrides(cfg: Mapping[str, Any], entry: Mapping[str, Any], data: str, tok: str,
+               extra: Mapping[str, Any] | None) -> dict[str, Any]:
+    family = preset_family(entry["preset"])
+    return {**cfg["common"], **cfg.get("family_common", {}).get(family, {}), **entry["set"],
+            "data_path": data, "tokenizer_path": tok, **(extra or {})}
+
+
+def _flops_matched(cfg: Mapping[str, Any], entry: Mapping[str, Any],
+                   overrides: dict[str, Any], ref_overrides: dict[str, Any]) -> dict[str, Any]:
+    """`overrides` with the iterations (and a proportional warmdown) that spend the training
+    FLOPs of the reference entry's run (golf_core.flops.equal_flops_steps)."""
+    from golf_core.config import resolve
+    from golf_core.flops import equal_flops_steps
+
+    ref = _MATRIX[entry["match"]]
+    m_ref, t_ref = resolve(scale=cfg["train_scale"], preset=ref["preset"], environ={},
+                           sets=ref_overrides)
+    m_me, _ = resolve(scale=cfg["train_scale"], preset=entry["preset"], environ={},
+                      sets=overrides)
+    steps = equal_flops_steps({"ref": m_ref, "me": m_me}, t_ref.iterations,
+                              seq_len=t_ref.train_seq_len,
+                              tokens_per_step=t_ref.train_batch_tokens, reference="ref")["me"]
+    warmdown = max(1, round(t_ref.warmdown_iters * steps / max(1, t_ref.iterations)))
+    every = max(1, round(t_ref.val_loss_every * steps / max(1, t_ref.iterations)))
+    return {**overrides, "iterations": steps, "warmdown_iters": warmdown,
+            "val_loss_every": every}
+
+
+def preset_family(name: str) -> str:
+    """The model family a preset builds ("golf" for our own shapes)."""
+    from golf_core.model import preset
+
+    return preset(name).family
 
 
 def _parse_groups(groups: Sequence[str] | str) -> set[str]:
@@ -304,7 +365,8 @@ def summary_table(specs: Sequence[RunSpec]) -> pd.DataFrame:
     for spec, run in zip(specs, load_runs(specs)):
         s = run.summary
         rows.append({
-            "name": spec.name, "label": spec.label, "seed": spec.seed, "steps": s["steps"],
+            "name": spec.name, "label": spec.label, "seed": spec.seed, "budget": spec.budget,
+            "steps": s["steps"],
             "val_bpb": s["val_bpb"], "roundtrip_val_bpb": s["roundtrip_val_bpb"],
             "bpb_gap": s["bpb_gap"], "artifact_bytes": s["artifact_bytes"],
             "unique_params": s["params"]["unique"], "total_params": s["params"]["total"],

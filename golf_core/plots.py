@@ -14,8 +14,11 @@ the 2x2 lane routing (`parallel_post_lambdas`, `parallel_resid_lambdas`) is PR #
 from __future__ import annotations
 
 import datetime as _dt
+import html
+import io
 import json
 import os
+import re
 import subprocess
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
@@ -234,10 +237,11 @@ def val_bpb_curves(df: pd.DataFrame, x: str = "step") -> Figure:
         fig = _figure(5.0, 3.3)
         ax = fig.subplots()
         seen: set[str] = set()
-        for (label, _seed), sub in df.groupby(["label", "seed"]):
+        for (label, seed), sub in df.groupby(["label", "seed"]):
             s = sub.dropna(subset=["val_bpb"]).sort_values(x)
             ax.plot(s[x], s["val_bpb"], marker="o", ms=2.5, lw=1.2, alpha=0.85,
-                    color=colors[label], label=_legend_once(label, seen))
+                    color=colors[label], label=_legend_once(label, seen),
+                    gid=tooltip(_last_value(f"{label} seed {seed}", s, x, "val_bpb")))
         ax.set_xlabel({"step": "training step", "train_seconds": "training seconds"}.get(x, x))
         ax.set_ylabel("validation bits per byte")
         ax.legend(loc="upper right", title="one line per seed")
@@ -253,10 +257,11 @@ def train_loss_curves(df: pd.DataFrame) -> Figure:
         fig = _figure(5.5, 3.3)
         ax = fig.subplots()
         seen: set[str] = set()
-        for (label, _seed), sub in df.groupby(["label", "seed"]):
+        for (label, seed), sub in df.groupby(["label", "seed"]):
             s = sub.dropna(subset=["train_loss"]).sort_values("step")
             ax.plot(s["step"], s["train_loss"], lw=1.0, alpha=0.8, color=colors[label],
-                    label=_legend_once(label, seen))
+                    label=_legend_once(label, seen),
+                    gid=tooltip(_last_value(f"{label} seed {seed}", s, "step", "train_loss")))
         ax.set_xlabel("training step")
         ax.set_ylabel("training loss (nats per token)")
         ax.legend(loc="upper right", ncol=2)
@@ -309,10 +314,12 @@ def recurrence_error_figure(df: pd.DataFrame) -> Figure:
                     va="bottom", fontsize=7, transform=ax.get_xaxis_transform())
         runs = "name" if "name" in df else "setting"
         seen: set[str] = set()
-        for (setting, _run), sub in df.groupby(["setting", runs]):
+        for (setting, run), sub in df.groupby(["setting", runs]):
             s = sub.sort_values("virtual_layer")
             ax.plot(s["virtual_layer"], s["rel_error"], marker="o", ms=3, color=colors[setting],
-                    label=_legend_once(setting, seen))
+                    label=_legend_once(setting, seen),
+                    gid=tooltip(_last_value(f"{setting} {run}", s, "virtual_layer",
+                                            "rel_error")))
         positive = df["rel_error"] > 0
         if positive.any():
             ax.set_yscale("log")
@@ -364,6 +371,67 @@ def depth_sweep_figure(df: pd.DataFrame, trained_k: int | None = None) -> Figure
         ax.set_ylabel("validation bits per byte")
         ax.legend(loc="best")
     return fig
+
+
+# ----------------------------------------------------------------------------- inline SVG
+# The HTML report pastes figures into its pages as SVG markup (crisp at any zoom); the files in
+# figures/ stay PNG + SVG. A line drawn with `gid=tooltip(text)` gets `text` as its <title>
+# once inlined, so hovering a per-seed curve names the seed and its last value (no script).
+
+_TIP = "tip-"
+_SVG_ID = re.compile(r'\bid="([^"]+)"')
+
+
+def tooltip(text: str) -> str:
+    """An artist gid that `inline_svg` turns into a hover <title> showing `text`."""
+    return _TIP + text.encode("utf-8").hex()
+
+
+def _last_value(name: str, s: pd.DataFrame, x: str, y: str) -> str:
+    """`name: y <last value> at x <its x>` for a line's tooltip (rows sorted by x)."""
+    s = s.dropna(subset=[y])
+    if s.empty:
+        return name
+    return f"{name}: {y} {s[y].iloc[-1]:.4g} at {x} {s[x].iloc[-1]:g}"
+
+
+def figure_svg(fig: Figure) -> str:
+    """The figure as an SVG document (the same renderer `save_figure` uses for `.svg`)."""
+    buf = io.StringIO()
+    with _style():
+        fig.savefig(buf, format="svg", metadata={"Date": None})
+    return buf.getvalue()
+
+
+def inline_svg(svg: str, prefix: str) -> str:
+    """An SVG document as markup for an HTML page: the XML prolog dropped, every id prefixed
+    with `prefix` (figures on one page must not share clip-path or glyph ids), the size made
+    fluid (the column width, at most the figure's own), and each `tooltip` line given a
+    <title>. Raises ValueError when `svg` holds no <svg> element."""
+    start = svg.find("<svg")
+    if start < 0:
+        raise ValueError("inline_svg: the text holds no <svg> element")
+    body = svg[start:]
+    ids = set(_SVG_ID.findall(body))
+
+    def ref(m: re.Match) -> str:
+        name = m.group(2)
+        return m.group(1) + (f"{prefix}-{name}" if name in ids else name) + m.group(3)
+
+    body = _SVG_ID.sub(lambda m: f'id="{prefix}-{m.group(1)}"', body)
+    body = re.sub(r"(url\(#)([^)]+)(\))", ref, body)
+    body = re.sub(r'((?:xlink:)?href="#)([^"]+)(")', ref, body)
+    body = re.sub(rf'(<g id="{re.escape(prefix)}-{_TIP}([0-9a-f]+)"[^>]*>)',
+                  lambda m: f"{m.group(1)}<title>"
+                            f"{html.escape(bytes.fromhex(m.group(2)).decode('utf-8'))}</title>",
+                  body)
+    root_end = body.index(">")
+    root = body[:root_end]
+    width = re.search(r'\swidth="([^"]+)"', root)
+    root = re.sub(r'\s(width|height)="[^"]*"', "", root)
+    style = f"max-width:{width.group(1)};" if width else ""
+    root += f' width="100%" style="{style}height:auto" role="img"'
+    return root + body[root_end:]
 
 
 # ----------------------------------------------------------------------------- saving

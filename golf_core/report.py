@@ -11,8 +11,10 @@
      `runs/notebooks/<scale>/`. Parameters are checked against each notebook's declared ones
      before a kernel starts (papermill itself only warns on an unknown name).
   2. the executed copies (not re-executed: each number is the recorded one; STYLE.md item 10)
-     are rendered with nbconvert's HTMLExporter, images embedded as base64, into `report/`:
-     `report.html` (the writeup, code hidden), one page per notebook and `index.html`.
+     are rendered into `report/` by golf_core.site: `report.html` (the writeup, code hidden),
+     one page per notebook (code shown) and `index.html` (question, scale, findings, wall
+     times, the command), all sharing `style.css`, figures inline as SVG, nothing from a CDN.
+     Kernels draw figures as SVG (`KERNEL_ARGUMENTS`).
 A failing notebook stops the report with a non-zero exit naming the notebook and the error
 (its executed copy, with papermill's error banner, is kept). Wall time per notebook is printed.
 """
@@ -20,7 +22,6 @@ A failing notebook stops the report with a non-zero exit naming the notebook and
 from __future__ import annotations
 
 import argparse
-import html
 import os
 import sys
 import time
@@ -29,7 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from golf_core import paths
+from golf_core import paths, site
 from golf_core.nbparams import ParameterError, check_notebook_parameters
 
 REPO = Path(__file__).resolve().parent.parent
@@ -42,6 +43,7 @@ NOTEBOOKS = (
     "04_flat_vs_looped",
     "05_quantization_recurrence",
     "06_test_time_depth",
+    "07_explore_routing",
     "99_report",
 )
 WRITEUP = "99_report"
@@ -53,9 +55,13 @@ TITLES = {
     "04_flat_vs_looped": "Flat vs looped (PR #363)",
     "05_quantization_recurrence": "Quantization error through recurrence",
     "06_test_time_depth": "Test-time depth (PR #54)",
+    "07_explore_routing": "Routing explorer (interactive in JupyterLab)",
     "99_report": "Report",
 }
 UPSTREAM_LOG = "parallel_resid_mini_recur_seed1337.log"  # PR #1204's seed-1337 record log
+# matplotlib's inline backend in the kernels draws SVG (pasted inline into the pages: crisp at
+# any zoom); the files in figures/ stay PNG + SVG (golf_core.plots.save_figure)
+KERNEL_ARGUMENTS = ("--InlineBackend.figure_formats=svg",)
 
 
 class ReportError(RuntimeError):
@@ -83,6 +89,7 @@ def notebook_parameters(scale: str, *, data_path: str = "", tokenizer_path: str 
         "04_flat_vs_looped": dict(common),
         "05_quantization_recurrence": dict(common),
         "06_test_time_depth": dict(common),
+        "07_explore_routing": dict(common),
         "99_report": {**common, "upstream_log": log},
     }
 
@@ -125,6 +132,7 @@ def execute_notebook(name: str, parameters: Mapping[str, Any], out_dir: Path, *,
             papermill.execute_notebook(
                 str(source), str(output), parameters=dict(parameters), kernel_name="python3",
                 cwd=str(NOTEBOOK_DIR), progress_bar=False,
+                extra_arguments=list(KERNEL_ARGUMENTS),
                 stdout_file=sys.stdout if stream else None,
                 stderr_file=sys.stderr if stream else None,
             )
@@ -137,35 +145,40 @@ def execute_notebook(name: str, parameters: Mapping[str, Any], out_dir: Path, *,
 
 
 def render_html(executed: Path, out: Path, *, hide_code: bool = False) -> Path:
-    """An executed notebook -> one self-contained HTML page (images inline as base64)."""
-    import nbformat
-    from nbconvert import HTMLExporter
-
-    exporter = HTMLExporter(embed_images=True, exclude_input=hide_code,
-                            exclude_input_prompt=hide_code, exclude_output_prompt=hide_code)
-    body, _ = exporter.from_notebook_node(nbformat.read(executed, as_version=4))
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(body, encoding="utf-8")
-    os.replace(tmp, out)
-    return out
+    """An executed notebook -> one HTML page (golf_core.site.render_html, titled from TITLES)."""
+    name = Path(executed).stem
+    return site.render_html(executed, out, title=TITLES.get(name, name),
+                            scale=Path(executed).parent.name, hide_code=hide_code)
 
 
-def write_index(pages: Mapping[str, Path], times: Mapping[str, float], scale: str,
-                out: Path) -> Path:
-    """index.html: the writeup first, then a link per notebook page with its wall time."""
-    items = "\n".join(
-        f'<li><a href="{html.escape(p.name)}">{html.escape(TITLES.get(n, n))}</a> '
-        f"<small>({html.escape(n)}.ipynb, {times.get(n, 0.0):.0f} s)</small></li>"
-        for n, p in pages.items()
-    )
-    body = (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>golf-recurrence report"
-            f"</title></head><body>\n<h1>golf-recurrence: depth recurrence in parameter-golf "
-            f"GPTs</h1>\n<p>Scale: <b>{html.escape(scale)}</b>. Each page is rendered from the "
-            f"papermill-executed notebook.</p>\n<ul>\n{items}\n</ul>\n</body></html>\n")
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(body, encoding="utf-8")
-    os.replace(tmp, out)
-    return out
+def reproduce_command(scale: str, *, data_path: str = "", tokenizer_path: str = "",
+                      nproc: int = 1) -> str:
+    """The `make report` line that reruns this report."""
+    args = [f"--data-path {data_path}"] * bool(data_path) + \
+        [f"--tokenizer-path {tokenizer_path}"] * bool(tokenizer_path) + \
+        [f"--nproc {nproc}"] * (nproc != 1)
+    extra = f' REPORT_ARGS="{" ".join(args)}"' if args else ""
+    return f"make report REPORT_SCALE={scale}{extra}"
+
+
+def render_site(executed_dir: Path, report_dir: Path, scale: str, *,
+                command: str = "") -> dict[str, Path]:
+    """Render every executed copy in `executed_dir` that ran to the end (this invocation's
+    and earlier ones': a `--only` run keeps the other pages), the stylesheet and the index.
+    Returns {notebook: page}, the writeup first."""
+    report_dir.mkdir(parents=True, exist_ok=True)
+    site.copy_stylesheet(report_dir)
+    pages = {}
+    for name in sorted(NOTEBOOKS, key=lambda n: (n != WRITEUP, NOTEBOOKS.index(n))):
+        executed = executed_dir / f"{name}.ipynb"
+        if not executed.is_file() or not site.completed(executed):
+            continue
+        page = "report.html" if name == WRITEUP else f"{name}.html"
+        pages[name] = render_html(executed, report_dir / page, hide_code=name == WRITEUP)
+    site.write_index(pages, site.load_times(executed_dir), scale, report_dir / "index.html",
+                     titles=TITLES, writeup=executed_dir / f"{WRITEUP}.ipynb",
+                     command=command or reproduce_command(scale))
+    return pages
 
 
 def run_report(scale: str = "cpu", *, data_path: str = "", tokenizer_path: str = "",
@@ -192,13 +205,11 @@ def run_report(scale: str = "cpu", *, data_path: str = "", tokenizer_path: str =
         executed[name] = execute_notebook(name, params[name], executed_dir, stream=stream)
         seconds[name] = time.perf_counter() - t0
         print(f"[report] {name}: done in {seconds[name]:.1f} s", flush=True)
-    report_dir = paths.report_dir()
-    report_dir.mkdir(parents=True, exist_ok=True)
-    pages = {}
-    for name in sorted(executed, key=lambda n: (n != WRITEUP, n)):
-        page = "report.html" if name == WRITEUP else f"{name}.html"
-        pages[name] = render_html(executed[name], report_dir / page, hide_code=name == WRITEUP)
-    index = write_index(pages, seconds, scale, report_dir / "index.html")
+    site.save_times(executed_dir, seconds)
+    command = reproduce_command(scale, data_path=data_path, tokenizer_path=tokenizer_path,
+                                nproc=nproc)
+    pages = render_site(executed_dir, paths.report_dir(), scale, command=command)
+    index = paths.report_dir() / "index.html"
     print(f"[report] wrote {index} ({sum(seconds.values()):.0f} s of notebooks)", flush=True)
     for name, s in seconds.items():
         print(f"[report]   {name:<28} {s:7.1f} s", flush=True)
@@ -223,21 +234,21 @@ def markdown_table(df: Any, digits: int = 4) -> str:
 
 
 def figure_panel(*names: str) -> list[Any]:
-    """IPython displays of saved figures (PNG embedded) each with a caption from its sidecar
-    (runs and commit); a missing figure is an error naming it."""
+    """IPython displays of saved figures (the SVG file: the page inlines it) each with a
+    caption from its sidecar (runs and commit); a missing figure is an error naming it."""
     import json
 
-    from IPython.display import Image, Markdown
+    from IPython.display import SVG, Markdown
 
     out: list[Any] = []
     for name in names:
-        png, meta = paths.figures_dir() / f"{name}.png", paths.figures_dir() / f"{name}.json"
-        if not png.is_file() or not meta.is_file():
-            raise FileNotFoundError(f"figure {name!r}: {png} or its sidecar is missing; "
+        svg, meta = paths.figures_dir() / f"{name}.svg", paths.figures_dir() / f"{name}.json"
+        if not svg.is_file() or not meta.is_file():
+            raise FileNotFoundError(f"figure {name!r}: {svg} or its sidecar is missing; "
                                     "execute the notebook that draws it first")
         info = json.loads(meta.read_text())
         runs = ", ".join(f"`{r if '/' not in r else Path(r).name}`" for r in info["runs"])
-        out.append(Image(filename=str(png)))
+        out.append(SVG(filename=str(svg)))
         out.append(Markdown(f"*Figure `{name}`* (commit `{str(info['commit'])[:10]}`; "
                             f"runs: {runs})"))
     return out
@@ -275,64 +286,78 @@ def seed_noise(summary: Any) -> float:
     return float(spread[counts >= 2].max()) if (counts >= 2).any() else 0.0
 
 
-def _verdict(a: Any, b: Any, noise: float = 0.0) -> str:
-    """Claim: mean(a) < mean(b) (lower bpb is better). Seeds' ranges decide how sure; with a
-    single seed on either side the difference is held against `noise` (the seed spread of
-    the seeded labels, `seed_noise`), and the verdict says so."""
-    if min(len(a), len(b)) < 2:
-        diff = b.mean() - a.mean()
-        if abs(diff) <= noise:
-            return (f"no difference beyond seed noise ({diff:+.5f} bpb; 1 seed, seeds of "
-                    f"other variants differ by up to {noise:.4f})")
-        same = a.mean() < b.mean()
-        return ("same direction" if same else "opposite direction") + \
-            f" ({diff:+.4f} bpb; 1 seed, beyond the {noise:.4f} seed spread of other variants)"
-    if a.mean() < b.mean():
-        return "reproduced" if a.max() < b.min() else "same direction, within seed spread"
-    return "not reproduced" if a.min() > b.max() else "opposite direction, within seed spread"
-
-
 def _bpb(values: Any) -> str:
     return (f"{values.mean():.4f}" if len(values) == 1 else
             f"{values.mean():.4f} (n={len(values)}, {values.min():.4f}-{values.max():.4f})")
 
 
+FINDINGS_COLUMNS = ("claim", "source", "published", "ours", "n", "diff", "ci_low", "ci_high",
+                    "delta", "verdict", "notebook")
+# which notebook shows each paired claim of golf_core.stats.CLAIMS
+_CLAIM_NOTEBOOK = {"3x3-vs-2x5": "04_flat_vs_looped", "looped-vs-flat": "04_flat_vs_looped",
+                   "noisy-qat-gap": "05_quantization_recurrence",
+                   "delayed-vs-always-on": "03_parallel_lanes"}
+
+
 def findings(specs: Sequence[Any], *, upstream_log: str = "") -> Any:
-    """The published claims (DESIGN.md section 3) against our runs: one row each with the
-    claim, its source, the published numbers, ours (read from the runs) and a verdict."""
+    """The published claims against our runs, one row each: FINDINGS_COLUMNS.
+
+    Paired claims (golf_core.stats.CLAIMS) give n seeds, the mean paired difference a - b
+    with its 95% t-interval, the equivalence margin delta and the verdict of the stated rule
+    (`stats.RULE`); descriptive rows (error growth, skip-weight init, lane routing) leave those
+    columns empty. `published`/`ours` say the same in words, with the published source."""
     import pandas as pd
 
     from golf_core import experiments as ex
+    from golf_core import stats
 
     summary = ex.summary_table(specs)
+    table = stats.findings_table(_with_flops_references(summary, specs), stats.CLAIMS,
+                                 details=True)
+    rows = [_paired_row(r) for r in table.to_dict("records")]
     by = {lab: grp for lab, grp in summary.groupby("label")}
-    rows = [_looped_row(by), _flat_row(by), _quant_rows(ex.select(specs, group="quant"), by),
-            _qat_row(by), _skip_row(ex.select(specs, group="routing"), by),
-            _lanes_row(ex.select(specs, group="lanes"), upstream_log),
-            _delay_row(by, seed_noise(summary))]
-    return pd.DataFrame(rows, columns=["claim", "source", "published", "ours", "verdict"])
+    nan = float("nan")
+    for row, notebook in (
+            (_quant_rows(ex.select(specs, group="quant"), by), "05_quantization_recurrence"),
+            (_skip_row(ex.select(specs, group="routing"), by), "02_skip_weights_resid_mix"),
+            (_lanes_row(ex.select(specs, group="lanes"), upstream_log), "03_parallel_lanes")):
+        claim, source, published, ours, verdict = row  # descriptive: no paired difference
+        rows.append([claim, source, published, ours, nan, nan, nan, nan, nan, verdict,
+                     notebook])
+    return pd.DataFrame(rows, columns=list(FINDINGS_COLUMNS))
 
 
-def _looped_row(by: Mapping[str, Any]) -> list[str]:
-    a, b = by["looped-3x3"]["val_bpb"], by["looped-2x5"]["val_bpb"]
-    return ["looped 3x3 beats 2x5", "PR #363", "3x3 better",
-            f"3x3 {_bpb(a)} vs 2x5 {_bpb(b)} bpb", _verdict(a, b)]
+def _with_flops_references(summary: Any, specs: Sequence[Any]) -> Any:
+    """The summary plus, for each equal-FLOPs comparison, the reference arm's runs again
+    under budget "flops" (its own steps are the FLOPs budget the others were matched to)."""
+    import pandas as pd
+
+    refs = {s.match for s in specs if s.budget == "flops"}
+    extra = summary[(summary["label"].isin(refs)) & (summary["budget"] == "steps")]
+    return pd.concat([summary, extra.assign(budget="flops")], ignore_index=True)
 
 
-def _flat_row(by: Mapping[str, Any]) -> list[str]:
-    flat, loop = by["flat"], by["looped-3x3"]
-    gap = loop["val_bpb"].mean() - flat["val_bpb"].mean()
-    return ["looped trails flat at equal compute", "PR #363", "1.1894 vs 1.1648 (gap 0.025)",
-            f"3x3 {_bpb(loop['val_bpb'])} vs flat {_bpb(flat['val_bpb'])} at "
-            f"{int(flat['steps'].iloc[0])} steps (gap {gap:+.4f}; "
-            f"{loop['ms_per_step'].mean():.0f} vs {flat['ms_per_step'].mean():.0f} ms/step)",
-            _verdict(flat["val_bpb"], loop["val_bpb"])]
+def _paired_row(r: Mapping[str, Any]) -> list[Any]:
+    arm_a, arm_b = r["arm_a"], r["arm_b"]
+    published = r["published_text"] or "direction only"
+    if r["published_a"] == r["published_a"]:  # not NaN
+        published = f"{arm_a} {r['published_a']:.4f} vs {arm_b} {r['published_b']:.4f}"
+    if r["n"]:
+        ours = (f"{arm_a} {r['mean_a']:.4f} vs {arm_b} {r['mean_b']:.4f} {r['metric']} "
+                f"({r['budget']}: {r.get('steps_a', float('nan')):.0f} vs "
+                f"{r.get('steps_b', float('nan')):.0f} steps)")
+    else:
+        ours = f"no paired runs of {arm_a} and {arm_b} at this scale"
+    claim = f"{r['question']} [{r['claim']}]"
+    notebook = _CLAIM_NOTEBOOK.get(r["claim"].split("/")[0], "99_report")
+    return [claim, r["published_source"], published, ours, r["n"], r["diff"], r["ci_low"],
+            r["ci_high"], r["delta"], r["verdict"], notebook]
 
 
 def _quant_rows(specs: Sequence[Any], by: Mapping[str, Any]) -> list[str]:
     from golf_core import experiments as ex
 
-    base = [s for s in specs if s.label == "looped-3x3"][:1]
+    base = [s for s in specs if s.label == "pr363-3x3"][:1]
     err = ex.recurrence_error_table(base, bits=6)
     core = err[err["shared"]].sort_values("virtual_layer")
     first, last = core["rel_error"].iloc[0], core["rel_error"].iloc[-1]
@@ -341,18 +366,6 @@ def _quant_rows(specs: Sequence[Any], by: Mapping[str, Any]) -> list[str]:
             "~900x over 3 cycles", f"x{ratio:.2f} from the first to the last layer of the "
             f"loop core ({first:.2e} -> {last:.2e}; every matrix int6)",
             "reproduced (growth)" if ratio > 1 else "not reproduced"]
-
-
-def _qat_row(by: Mapping[str, Any]) -> list[str]:
-    off, on = by["looped-3x3"], by["looped-3x3-noisy-qat"]
-    seed = on["seed"].iloc[0]
-    off_gap = off[off["seed"] == seed]["bpb_gap"].iloc[0]
-    on_gap = on["bpb_gap"].iloc[0]
-    verdict = ("same direction" if on_gap < off_gap else "opposite direction") + \
-        " (1 seed, no spread)"
-    return ["noisy QAT on the loop core cuts the quantization gap", "PR #363",
-            "gap 0.37 -> 0.002 bpb", f"gap {off_gap:+.4f} -> {on_gap:+.4f} bpb (seed {seed})",
-            verdict]
 
 
 def _skip_row(specs: Sequence[Any], by: Mapping[str, Any]) -> list[str]:
@@ -370,7 +383,7 @@ def _skip_row(specs: Sequence[Any], by: Mapping[str, Any]) -> list[str]:
 def _lanes_row(specs: Sequence[Any], upstream_log: str) -> list[str]:
     from golf_core import experiments as ex
 
-    lanes = ex.lane_table([s for s in specs if s.label == "mini+parallel"], upstream_log)
+    lanes = ex.lane_table([s for s in specs if s.label == "pr1204"], upstream_log)
     ours = lanes[lanes["source"].str.startswith("ours")].sort_values("layer")
     theirs = lanes[~lanes["source"].str.startswith("ours")].sort_values("layer")
     fmt = ", ".join
@@ -386,12 +399,6 @@ def _lanes_row(specs: Sequence[Any], upstream_log: str) -> list[str]:
     return ["MLP->attention lane routing is small and shrinks with depth", "PR #1204",
             published, f"mlp_to_attn {fmt(f'{v:.3f}' for v in m2a)} (layers "
             f"{fmt(map(str, ours['layer']))}); mean of the other entries {others:.3f}", verdict]
-
-
-def _delay_row(by: Mapping[str, Any], noise: float) -> list[str]:
-    a, b = by["mini+parallel"]["val_bpb"], by["mini+parallel-always-on"]["val_bpb"]
-    return ["delayed recurrence beats always-on", "PR #1204", "1.1153 vs 1.1163",
-            f"delayed {_bpb(a)} vs always-on {_bpb(b)} (1 seed)", _verdict(a, b, noise)]
 
 
 def _parser() -> argparse.ArgumentParser:

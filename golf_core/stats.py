@@ -110,27 +110,27 @@ def _pr363(text: str) -> dict[str, Any]:
 # the same architecture cost the same FLOPs per step, so equal steps is equal FLOPs for them.
 CLAIMS: tuple[Claim, ...] = (
     Claim("3x3-vs-2x5/steps", "Does the 3x3 loop beat the 2x5 loop at equal steps?",
-          "looped-3x3", "looped-2x5", budget="steps", direction=-1, delta=0.005,
+          "pr363-3x3", "pr363-2x5", budget="steps", direction=-1, delta=0.005,
           published=_pr363("3x3 better than 2x5 (PR #363's table; numbers not transcribed)")),
     Claim("3x3-vs-2x5/flops", "Does the 3x3 loop beat the 2x5 loop at equal training FLOPs?",
-          "looped-3x3", "looped-2x5", budget="flops", direction=-1, delta=0.005,
+          "pr363-3x3", "pr363-2x5", budget="flops", direction=-1, delta=0.005,
           published=_pr363("3x3 better than 2x5 (PR #363's table; numbers not transcribed)")),
     Claim("looped-vs-flat/steps", "Does the 3x3 loop trail an 11-layer flat stack at equal "
-          "steps?", "looped-3x3", "flat", budget="steps", direction=+1, delta=0.005,
+          "steps?", "pr363-3x3", "pr363-flat", budget="steps", direction=+1, delta=0.005,
           published={**_pr363("looped trails flat by ~0.025 bpb at equal wallclock, 8xH100"),
                      "a": 1.1894, "b": 1.1648}),
     Claim("looped-vs-flat/flops", "Does the 3x3 loop trail an 11-layer flat stack at equal "
-          "training FLOPs?", "looped-3x3", "flat", budget="flops", direction=+1, delta=0.005,
+          "training FLOPs?", "pr363-3x3", "pr363-flat", budget="flops", direction=+1, delta=0.005,
           published={**_pr363("looped trails flat by ~0.025 bpb at equal wallclock, 8xH100"),
                      "a": 1.1894, "b": 1.1648}),
     Claim("noisy-qat-gap", "Does noisy QAT on the loop core cut the quantization gap?",
-          "looped-3x3-noisy-qat", "looped-3x3", metric="bpb_gap", budget="steps",
+          "pr363-3x3-noisy-qat", "pr363-3x3", metric="bpb_gap", budget="steps",
           direction=-1, delta=0.005,
           published={**_pr363("noisy QAT cut the gap from 0.37 to 0.002 bpb"),
                      "a": 0.002, "b": 0.37}),
     # delta = the published effect: "equivalent" then says ours is smaller than PR #1204's
     Claim("delayed-vs-always-on", "Does delaying mini recurrence beat running it from step 0?",
-          "mini+parallel", "mini+parallel-always-on", budget="steps", direction=-1,
+          "pr1204", "pr1204-always-on", budget="steps", direction=-1,
           delta=0.001, published={"source": "PR #1204 record (DESIGN.md section 3)",
                                   "units": "bpb", "text": "delayed 1.1153 vs always-on 1.1163",
                                   "a": 1.1153, "b": 1.1163}),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -29,3 +31,22 @@ def golf_root(tmp_path, monkeypatch):
     """A throwaway project root: data/, runs/, figures/ go under tmp_path."""
     monkeypatch.setenv("GOLF_ROOT", str(tmp_path))
     return tmp_path
+
+
+def report_env(root: Path) -> dict[str, str]:
+    """The environment of a `python -m golf_core.report` subprocess writing under `root`."""
+    env = dict(os.environ, GOLF_ROOT=str(root), PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    env.setdefault("MPLCONFIGDIR", str(root / ".mpl"))
+    return env
+
+
+@pytest.fixture(scope="session")
+def ci_report(tmp_path_factory):
+    """`python -m golf_core.report --scale ci` once per session, into a throwaway project
+    root: (root, completed process). test_report.py and test_browser.py read it."""
+    root = tmp_path_factory.mktemp("golf_root")
+    proc = subprocess.run([sys.executable, "-m", "golf_core.report", "--scale", "ci"],
+                          cwd=REPO, env=report_env(root), capture_output=True, text=True,
+                          timeout=900)
+    return root, proc

@@ -3,9 +3,7 @@ plus the run matrix, the launcher and the runner's failure paths."""
 
 from __future__ import annotations
 
-import base64
 import json
-import os
 import re
 import subprocess
 import sys
@@ -13,6 +11,7 @@ import sys
 import pytest
 
 from conftest import REPO
+from conftest import report_env as _env
 from golf_core import experiments, launch, report
 
 # figures each notebook draws (save_figure names)
@@ -26,22 +25,6 @@ FIGURES = {
     "06_test_time_depth": ["test_time_depth"],
 }
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def _env(root) -> dict[str, str]:
-    env = dict(os.environ, GOLF_ROOT=str(root), PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
-    env.setdefault("MPLCONFIGDIR", str(root / ".mpl"))
-    return env
-
-
-@pytest.fixture(scope="module")
-def ci_report(tmp_path_factory):
-    """`python -m golf_core.report --scale ci` once, into a throwaway project root."""
-    root = tmp_path_factory.mktemp("golf_root")
-    proc = subprocess.run([sys.executable, "-m", "golf_core.report", "--scale", "ci"],
-                          cwd=REPO, env=_env(root), capture_output=True, text=True, timeout=900)
-    return root, proc
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -74,32 +57,63 @@ def test_each_notebook_wrote_its_figures_with_a_sidecar_naming_real_runs(ci_repo
 
 
 @pytest.mark.slow
-def test_the_html_report_embeds_every_figure_as_a_png(ci_report):
+def test_the_writeup_inlines_every_figure_as_svg_with_its_code_hidden(ci_report):
     root, proc = ci_report
     assert proc.returncode == 0
     page = (root / "report" / "report.html").read_text()
-    images = re.findall(r'<img[^>]*? src="data:image/png;base64,([A-Za-z0-9+/=\s]+)"', page)
-    assert base64.b64decode(images[0])[:8] == PNG_MAGIC
-    embedded = {re.sub(r"\s", "", b) for b in images}
+    # figures are SVG markup, crisp at any zoom (a heatmap inside one is its own raster)
+    assert not re.search(r"<img[^>]+src=.data:image/png", page)
     for fig in [f for figs in FIGURES.values() for f in figs]:
-        png = (root / "figures" / f"{fig}.png").read_bytes()
-        assert base64.b64encode(png).decode() in embedded, f"{fig} not embedded in report.html"
+        # save_figure writes the name into the SVG's metadata; the writeup pastes that file
+        assert f"<dc:title>{fig}</dc:title>" in page, f"{fig} not inlined in report.html"
+    ids = re.findall(r'<svg[^>]*>', page)
+    assert len(ids) >= sum(map(len, FIGURES.values()))
+    assert all('width="100%"' in tag for tag in ids)  # fluid, at most the figure's own width
     assert re.search(r"<th[^>]*>verdict</th>", page)  # the findings table rendered as HTML
     assert "print(" not in page and "nbparams.check_parameters" not in page  # code hidden
+    # hovering a curve names its run's seed and last value
+    assert re.search(r"<title>[\w.+-]+ seed \d+: train_loss [\d.]+ at step \d+</title>", page)
 
 
 @pytest.mark.slow
-def test_the_index_links_the_writeup_and_every_notebook_page(ci_report):
+def test_the_index_states_the_findings_wall_times_and_the_command_and_links_every_page(
+        ci_report):
     root, proc = ci_report
     assert proc.returncode == 0
     index = (root / "report" / "index.html").read_text()
-    links = re.findall(r'href="([^"]+)"', index)
-    assert links[0] == "report.html"
-    assert sorted(links[1:]) == sorted(f"{n}.html" for n in report.NOTEBOOKS
-                                       if n != report.WRITEUP)
-    for link in links:
-        assert "data:image/png;base64," in (root / "report" / link).read_text() or \
-            link == "00_prepare_data.html"
+    links = re.findall(r'<a href=["\']([^"\']+)["\']', index)
+    pages = {"report.html"} | {f"{n}.html" for n in report.NOTEBOOKS if n != report.WRITEUP}
+    assert set(links) == pages | {"index.html"}
+    for link in pages:
+        page = (root / "report" / link).read_text()
+        assert re.search(r'<link (href="style.css" rel="stylesheet"|rel="stylesheet" '
+                         r'href="style.css")', page), link
+        assert "<svg" in page or link == "00_prepare_data.html", link
+    assert (root / "report" / "style.css").stat().st_size > 500
+    table = index[index.index("class='golf-findings'"):]
+    table = table[:table.index("</table>")]
+    findings = re.findall(r"<tr><td><a href='([^']+)'>[^<]+</a></td>", table)
+    from golf_core import stats
+
+    # one line per claim (the paired ones and three descriptive), each linked to its notebook
+    assert len(findings) == len(stats.CLAIMS) + 3 and set(findings) <= pages
+    for name in report.NOTEBOOKS:
+        assert re.search(rf"notebooks/{name}\.ipynb</code></td><td class='num'>\d+ s<", index)
+    assert "make report REPORT_SCALE=ci" in index
+    assert "training runs</strong> at the <code>ci</code> scale" in index  # from the writeup
+    explorer = (root / "report" / "07_explore_routing.html").read_text()
+    assert "golf-widget-note" in explorer  # the pickers need a kernel: a note says so
+    assert "application/vnd.jupyter.widget-view" not in explorer
+
+
+@pytest.mark.slow
+def test_no_page_loads_anything_from_the_network(ci_report):
+    root, proc = ci_report
+    assert proc.returncode == 0
+    for page in (root / "report").glob("*.html"):
+        remote = re.findall(r'<(?:script|link|img)[^>]+(?:src|href)="(https?:[^"]+)"',
+                            page.read_text())
+        assert not remote, f"{page.name} loads {remote[:3]}"
 
 
 @pytest.mark.slow
@@ -179,8 +193,9 @@ def test_every_group_has_runs_and_groups_select_them(golf_root):
     for group in experiments.GROUPS:
         assert experiments.select(specs, group=group)
     flat = experiments.run_matrix("cpu", groups="flat_vs_looped")
-    assert {s.label for s in flat} == {"flat", "looped-3x3", "looped-2x5"}
-    assert {s.seed for s in flat} == set(experiments.SEEDS)
+    assert {s.label for s in flat} == {"pr363-flat", "pr363-3x3", "pr363-2x5"}
+    assert {s.seed for s in flat} == set(experiments.SCALES["cpu"]["seeds"])
+    assert {s.budget for s in flat} == {"steps", "flops"}  # PR #363's equal-compute claims
     with pytest.raises(ValueError, match="unknown run group"):
         experiments.run_matrix("cpu", groups="flat_vs_loop")
 
@@ -189,7 +204,7 @@ def test_the_train_command_uses_torchrun_for_several_processes(golf_root):
     spec = experiments.run_matrix("ci", groups="depth")[0]
     one = launch.train_command(spec, python="py")
     assert one[:3] == ["py", "-m", "golf_core.train"]
-    assert one[3:7] == ["--scale", "cpu", "--preset", "rqz"]
+    assert one[3:7] == ["--scale", "cpu", "--preset", "pr54"]  # PR #54's own model
     assert f"run_name={spec.name}" in one and f"runs_dir={golf_root / 'runs'}" in one
     two = launch.train_command(spec, nproc=2, python="py", resume=True)
     assert two[:6] == ["py", "-m", "torch.distributed.run", "--standalone",
@@ -211,22 +226,72 @@ def test_a_failed_run_raises_with_its_last_output_lines(golf_root):
         launch.launch([spec], echo=lambda line: None)
 
 
-def test_single_seed_verdicts_are_held_against_the_seed_spread_of_seeded_variants():
+def test_paired_findings_come_from_the_stats_rule_and_equal_flops_reuse_the_reference():
     import pandas as pd
 
-    from golf_core.report import _verdict, seed_noise
+    from golf_core import stats
+    from golf_core.report import _paired_row, _with_flops_references
 
-    summary = pd.DataFrame({"label": ["flat", "flat", "loop", "loop", "one"],
-                            "val_bpb": [2.120, 2.126, 2.130, 2.138, 2.2]})
-    noise = seed_noise(summary)
-    assert noise == pytest.approx(0.008)
-    one = pd.Series([2.15994]), pd.Series([2.15995])
-    assert _verdict(*one, noise).startswith("no difference beyond seed noise (+0.00001 bpb")
-    far = pd.Series([2.10]), pd.Series([2.15])
-    assert _verdict(*far, noise).startswith("same direction (+0.0500 bpb; 1 seed")
-    assert _verdict(*far[::-1], noise).startswith("opposite direction")
-    seeded = pd.Series([2.10, 2.11]), pd.Series([2.12, 2.13])
-    assert _verdict(*seeded) == "reproduced"
-    assert _verdict(pd.Series([2.10, 2.125]), pd.Series([2.12, 2.13])) == \
-        "same direction, within seed spread"
-    assert seed_noise(summary[summary["label"] == "one"]) == 0.0
+    specs = experiments.run_matrix("cpu", groups="flat_vs_looped")
+    seeds = [1, 2, 3]
+    summary = pd.DataFrame(
+        [{"label": lab, "seed": sd, "budget": bud, "val_bpb": v + 0.001 * sd, "steps": st}
+         for lab, bud, v, st in (("pr363-3x3", "steps", 2.10, 150),
+                                 ("pr363-2x5", "steps", 2.12, 150),
+                                 ("pr363-2x5", "flops", 2.13, 111),
+                                 ("pr363-flat", "steps", 2.08, 150),
+                                 ("pr363-flat", "flops", 2.09, 117))
+         for sd in seeds])
+    table = _with_flops_references(summary, specs)
+    # the 3x3's own runs are its equal-FLOPs budget: they appear once more under "flops"
+    assert len(table.query("label == 'pr363-3x3' and budget == 'flops'")) == 3
+    claims = [c for c in stats.CLAIMS if c.name.startswith(("3x3", "looped"))]
+    rows = stats.findings_table(table, claims, details=True).set_index("claim")
+    flops = rows.loc["3x3-vs-2x5/flops"]
+    assert flops["n"] == 3 and flops["diff"] == pytest.approx(-0.03)
+    assert flops["verdict"] == "reproduced"  # identical differences: a zero-width interval
+    row = _paired_row(rows.reset_index().to_dict("records")[1])
+    assert row[4] == 3 and row[-2] == "reproduced" and row[-1] == "04_flat_vs_looped"
+    assert "150 vs 111 steps" in row[3]
+
+def test_two_copies_of_a_figure_on_one_page_share_no_ids_and_keep_their_references():
+    import copy
+
+    import nbformat
+    import pandas as pd
+
+    from golf_core import plots, site
+
+    df = pd.DataFrame({"label": ["a"] * 4, "seed": [1, 1, 2, 2], "step": [0, 4, 0, 4],
+                       "val_bpb": [3.0, 2.5, 3.1, 2.4]})
+    svg = plots.figure_svg(plots.val_bpb_curves(df))
+    out = {"output_type": "display_data", "metadata": {}, "data": {"image/svg+xml": svg}}
+    twin = copy.deepcopy(out)
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(outputs=[out, twin])])
+    first, second = (o["data"]["image/svg+xml"]
+                     for o in site.inline_figures(nb).cells[0].outputs)
+    ids = [re.findall(r'\bid="([^"]+)"', s) for s in (first, second)]
+    assert ids[0] and not set(ids[0]) & set(ids[1])
+    for page_svg, own in zip((first, second), ids):
+        refs = re.findall(r'url\(#([^)]+)\)|href="#([^"]+)"', page_svg)
+        assert {a or b for a, b in refs} <= set(own)  # every reference points inside
+    assert first.startswith("<svg") and 'width="100%"' in first.split(">")[0]
+    assert "<title>a seed 1: val_bpb 2.5 at step 4</title>" in first  # hover names the seed
+
+
+def test_the_index_reads_the_findings_table_the_writeup_printed():
+    from golf_core import site
+
+    table = ("| claim | source | verdict | notebook |\n|---|---|---|---|\n"
+             "| a \\| b | PR #1 | reproduced | 04_flat_vs_looped |\n")
+    assert site.markdown_rows(table) == [{"claim": "a | b", "source": "PR #1",
+                                          "verdict": "reproduced",
+                                          "notebook": "04_flat_vs_looped"}]
+
+
+def test_the_reproduce_command_carries_the_gpu_arguments():
+    assert report.reproduce_command("ci") == "make report REPORT_SCALE=ci"
+    assert report.reproduce_command("gpu", data_path="/d", tokenizer_path="/t.model",
+                                    nproc=8) == ('make report REPORT_SCALE=gpu REPORT_ARGS='
+                                                 '"--data-path /d --tokenizer-path /t.model '
+                                                 '--nproc 8"')

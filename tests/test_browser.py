@@ -1,0 +1,243 @@
+"""The rendered report in a real browser: headless Chromium (Debian's `chromium` package;
+.ci/run installs it with apt when it is missing) opens every page of a ci-scale report,
+driven over the Chrome DevTools protocol with websocket-client (already installed: jupyter
+server depends on it; nothing is downloaded at test time). A page fails on a JavaScript
+exception, a console error, a request that fails or leaves the machine (no CDN: the report is
+read offline) and an image or inline SVG figure that does not render. A full-page screenshot
+of each page is saved under the report (`report/screenshots/`, and in $GOLF_SCREENSHOT_DIR
+when set) for a person to look at. Without Chromium the tests skip, saying why."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+# headless, and nothing that reaches out on its own (without the background-networking flags
+# Chromium's own update/sync connections are refused and logged as errors)
+FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--hide-scrollbars", "--mute-audio")
+LOCAL_SCHEMES = ("file:", "data:", "about:", "blob:")
+SHOT_WIDTH, SHOT_MAX_HEIGHT = 1280, 16000  # Chromium captures at most ~16k px in one shot
+# what a page reports back after its load event
+PAGE_STATE = """(() => {
+  const box = e => e.getBoundingClientRect();
+  const svgs = [...document.querySelectorAll('svg')];
+  return {
+    title: document.title,
+    height: document.documentElement.scrollHeight,
+    broken_images: [...document.images].filter(i => !i.complete || i.naturalWidth === 0)
+                                        .map(i => i.src.slice(0, 100)),
+    svgs: svgs.length,
+    blank_svgs: svgs.filter(s => box(s).width < 50 || box(s).height < 30).length,
+    tooltips: document.querySelectorAll('svg g > title').length,
+    nav: (() => { const n = document.querySelector('nav.golf-nav');
+                  return n ? getComputedStyle(n).position : null; })(),
+    links: [...document.querySelectorAll('a[href]')].map(a => a.getAttribute('href')),
+  };
+})()"""
+
+
+def chromium_path() -> str | None:
+    """$GOLF_CHROMIUM, else `chromium` on PATH, else Debian's /usr/bin/chromium."""
+    found = os.environ.get("GOLF_CHROMIUM") or shutil.which("chromium")
+    return found or ("/usr/bin/chromium" if Path("/usr/bin/chromium").is_file() else None)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Browser:
+    """One headless Chromium with one page, spoken to over the DevTools protocol."""
+
+    def __init__(self, executable: str, profile: Path, timeout: float = 60.0) -> None:
+        import websocket
+
+        self.timeout, self.port = timeout, _free_port()
+        self.log = profile.with_suffix(".log")
+        self.proc = subprocess.Popen(
+            [executable, *FLAGS, f"--user-data-dir={profile}",
+             f"--remote-debugging-port={self.port}", "about:blank"],
+            stdout=subprocess.DEVNULL, stderr=open(self.log, "wb"))  # noqa: SIM115
+        page = self._first_page()
+        self.ws = websocket.create_connection(page["webSocketDebuggerUrl"], timeout=timeout,
+                                              suppress_origin=True)
+        self._id, self.events = 0, []
+        for domain in ("Runtime", "Log", "Page", "Network"):
+            self.call(f"{domain}.enable")
+        # lay pages out at a laptop's width; screenshots then capture the whole height
+        self.call("Emulation.setDeviceMetricsOverride", width=SHOT_WIDTH, height=900,
+                  deviceScaleFactor=1, mobile=False)
+
+    def _first_page(self) -> dict:
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"chromium exited ({self.proc.returncode}): "
+                                   f"{self.log.read_text(errors='replace')[-2000:]}")
+            try:
+                url = f"http://127.0.0.1:{self.port}/json/list"
+                with urllib.request.urlopen(url, timeout=2) as r:
+                    pages = [t for t in json.load(r) if t["type"] == "page"]
+                if pages:
+                    return pages[0]
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"chromium gave no DevTools page in {self.timeout:.0f} s")
+
+    def call(self, method: str, **params) -> dict:
+        self._id += 1
+        self.ws.send(json.dumps({"id": self._id, "method": method, "params": params}))
+        while True:
+            msg = json.loads(self.ws.recv())
+            if msg.get("id") == self._id:
+                if "error" in msg:
+                    raise RuntimeError(f"{method}: {msg['error']}")
+                return msg.get("result", {})
+            self.events.append(msg)
+
+    def _wait_for(self, event: str) -> None:
+        if any(e.get("method") == event for e in self.events):
+            return
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            msg = json.loads(self.ws.recv())
+            self.events.append(msg)
+            if msg.get("method") == event:
+                return
+        raise TimeoutError(f"no {event} within {self.timeout:.0f} s")
+
+    def visit(self, url: str, screenshot: Path | None = None) -> tuple[list[str], dict]:
+        """Load `url`; returns (problems, PAGE_STATE) and writes a full-page screenshot."""
+        self.events = []
+        self.call("Page.navigate", url=url)
+        self._wait_for("Page.loadEventFired")
+        self.call("Runtime.evaluate", expression="new Promise(r => setTimeout(r, 300))",
+                  awaitPromise=True)  # let late errors and layout settle
+        state = self.call("Runtime.evaluate", expression=PAGE_STATE,
+                          returnByValue=True)["result"]["value"]
+        problems = self._problems() + [f"image not rendered: {s}" for s in
+                                       state["broken_images"]]
+        if screenshot is not None:
+            clip = {"x": 0, "y": 0, "width": SHOT_WIDTH, "scale": 1,
+                    "height": min(int(state["height"]), SHOT_MAX_HEIGHT)}
+            shot = self.call("Page.captureScreenshot", format="png", clip=clip,
+                             captureBeyondViewport=True)
+            screenshot.parent.mkdir(parents=True, exist_ok=True)
+            screenshot.write_bytes(base64.b64decode(shot["data"]))
+        return problems, state
+
+    def _problems(self) -> list[str]:
+        out = []
+        for e in self.events:
+            method, p = e.get("method"), e.get("params", {})
+            if method == "Runtime.exceptionThrown":
+                d = p["exceptionDetails"]
+                text = d.get("exception", {}).get("description") or d.get("text")
+                out.append(f"javascript error: {text} ({d.get('url', '')}:{d.get('lineNumber')})")
+            elif method == "Runtime.consoleAPICalled" and p.get("type") == "error":
+                out.append("console error: " + " ".join(str(a.get("value", a.get(
+                    "description", ""))) for a in p.get("args", [])))
+            elif method == "Log.entryAdded" and p["entry"]["level"] == "error":
+                out.append(f"log error: {p['entry']['text']} {p['entry'].get('url', '')}")
+            elif method == "Network.requestWillBeSent":
+                url = p["request"]["url"]
+                if not url.startswith(LOCAL_SCHEMES):
+                    out.append(f"request leaves the machine: {url[:120]}")
+            elif method == "Network.loadingFailed" and not p.get("canceled"):
+                out.append(f"request failed: {p.get('errorText')} ({p.get('type')})")
+        return out
+
+    def close(self) -> None:
+        try:
+            self.ws.close()
+        finally:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    exe = chromium_path()
+    if exe is None:
+        pytest.skip("Chromium not found (no $GOLF_CHROMIUM, no `chromium` on PATH, no "
+                    "/usr/bin/chromium): install Debian's chromium package (.ci/run does "
+                    "it with apt-get when it can)")
+    b = Browser(exe, tmp_path_factory.mktemp("chromium") / "profile")
+    yield b
+    b.close()
+
+
+# ----------------------------------------------------------------------------- the checker
+
+
+def test_the_checker_catches_a_script_error_a_missing_image_and_a_remote_request(
+        browser, tmp_path):
+    bad = tmp_path / "bad.html"
+    bad.write_text("<!DOCTYPE html><html><body><h1>bad</h1><img src='missing.png'>"
+                   "<script>undefinedFunction();</script>"
+                   "<script src='https://cdn.example.invalid/lib.js'></script></body></html>")
+    problems, state = browser.visit(bad.as_uri(), tmp_path / "bad.png")
+    text = "\n".join(problems)
+    assert "javascript error: ReferenceError: undefinedFunction is not defined" in text
+    assert "image not rendered: file://" in text and "missing.png" in text
+    assert "request leaves the machine: https://cdn.example.invalid/lib.js" in text
+    assert (tmp_path / "bad.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    good = tmp_path / "good.html"
+    good.write_text("<!DOCTYPE html><html><body><svg width='200' height='100'><rect "
+                    "width='200' height='100'/></svg></body></html>")
+    problems, state = browser.visit(good.as_uri())
+    assert problems == [] and state["svgs"] == 1 and state["blank_svgs"] == 0
+
+
+# ----------------------------------------------------------------------------- the report
+
+
+@pytest.mark.slow
+def test_every_report_page_renders_in_chromium_without_errors(browser, ci_report):
+    root, proc = ci_report
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report_dir = root / "report"
+    shots = report_dir / "screenshots"
+    pages = sorted(report_dir.glob("*.html"), key=lambda p: (p.name != "index.html", p.name))
+    assert len(pages) >= 10
+    failures, states = {}, {}
+    for page in pages:
+        problems, state = browser.visit(page.as_uri(), shots / f"{page.stem}.png")
+        states[page.name] = state
+        if problems:
+            failures[page.name] = problems
+    assert not failures, json.dumps(failures, indent=1)[:4000]
+    for name, state in states.items():
+        assert state["nav"] == "sticky", f"{name}: style.css not applied"
+        missing = [h for h in state["links"] if not h.startswith(("http", "#"))
+                   and not (report_dir / h).is_file()]
+        assert not missing, f"{name} links to missing pages {missing}"
+        if name not in ("index.html", "00_prepare_data.html"):
+            assert state["svgs"] > 0 and state["blank_svgs"] == 0, (name, state)
+    assert states["report.html"]["tooltips"] > 0  # hover names the seed of a curve
+    assert set(states["index.html"]["links"]) >= {"report.html", "07_explore_routing.html"}
+    for shot in shots.glob("*.png"):
+        assert shot.stat().st_size > 10_000, f"{shot} looks blank"
+    keep = os.environ.get("GOLF_SCREENSHOT_DIR")
+    if keep:
+        shutil.copytree(shots, Path(keep), dirs_exist_ok=True)
+    print(f"screenshots of {len(pages)} pages: {shots}")
