@@ -50,7 +50,7 @@ report: venv
 # (imports ../shared/reference/upstream_baseline_train_gpt.py; skips, saying so, without it)
 bench: venv
 	$(PY) -m benchmarks.run
-	$(PY) -m benchmarks.versus
+	$(PY) -m benchmarks.versus --compile blocks
 
 # On a GPU node (torch with CUDA preinstalled): install, CUDA tests, upstream-size training,
 # side by side with upstream, one notebook; ~8 min. Writes benchmarks/results/gpu_check_*.json

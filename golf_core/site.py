@@ -186,9 +186,9 @@ def _findings_html(rows: list[dict[str, str]], pages: Mapping[str, Path]) -> str
         claim = f"<a href='{html.escape(page.name)}'>{e['claim']}</a>" if page else e["claim"]
         verdict = e.get("verdict", "")
         interval = ""
-        if e.get("diff"):
-            interval = (f"{e['diff']} [{e.get('ci_low', '')}, {e.get('ci_high', '')}]"
-                        f"<br><span class='golf-muted'>n={e.get('n', '')}, "
+        if e.get("diff"):  # no interval from fewer than two paired seeds
+            ci = f" [{e['ci_low']}, {e['ci_high']}]" if e.get("ci_low") else ""
+            interval = (f"{e['diff']}{ci}<br><span class='golf-muted'>n={e.get('n', '')}, "
                         f"&delta;={e.get('delta', '')}</span>")
         body.append(f"<tr><td>{claim}</td><td>{e.get('source', '')}</td>"
                     f"<td>{e.get('published', '')}</td><td>{e.get('ours', '')}</td>"
