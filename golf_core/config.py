@@ -434,12 +434,16 @@ def _base_model(preset: str | None, scale_model: Mapping[str, Any]) -> ModelConf
     where the preset leaves them at their defaults."""
     if preset is None:
         return apply_overrides(ModelConfig(), scale_model, source="--scale")
-    from golf_core.model import preset as make_preset  # lazy: model.py imports this module
+    from golf_core.model.presets import preset as make_preset
+    from golf_core.model.presets import preset_overrides
 
     try:
+        # the keys the preset sets, even to a default value (PR #363's 3x3 has num_layers=9),
+        # and those it derives (a looped preset's num_layers)
         base, default = make_preset(preset), ModelConfig()
-        own = {f.name for f in fields(ModelConfig)
-               if getattr(base, f.name) != getattr(default, f.name)} - set(SCALE_WIDTH_KEYS)
+        derived = {f.name for f in fields(ModelConfig)
+                   if getattr(base, f.name) != getattr(default, f.name)}
+        own = (set(preset_overrides(preset)) | derived) - set(SCALE_WIDTH_KEYS)
         return make_preset(preset, **{k: v for k, v in scale_model.items() if k not in own})
     except ValueError as e:
         raise ConfigError(f"--preset: {e}") from None

@@ -384,7 +384,8 @@ def _lanes_row(specs: Sequence[Any], upstream_log: str) -> list[str]:
     from golf_core import experiments as ex
 
     lanes = ex.lane_table([s for s in specs if s.label == "pr1204"], upstream_log)
-    ours = lanes[lanes["source"].str.startswith("ours")].sort_values("layer")
+    ours = (lanes[lanes["source"].str.startswith("ours")]  # the seeds' mean per layer
+            .groupby("layer", as_index=False).mean(numeric_only=True).sort_values("layer"))
     theirs = lanes[~lanes["source"].str.startswith("ours")].sort_values("layer")
     fmt = ", ".join
     published = (f"mlp_to_attn {fmt(f'{v:.3f}' for v in theirs['mlp_to_attn'])} "

@@ -247,3 +247,12 @@ def test_test_time_depth_says_what_the_trained_loop_allows():
     model = Model(tiny_config())
     with pytest.raises(ValueError, match="LOOP_REPEATS=3"):
         model(torch.zeros(1, 4, dtype=torch.long), num_iters=4)
+
+
+def test_a_scale_keeps_the_depth_a_preset_sets_even_when_it_equals_the_default():
+    from golf_core.config import ModelConfig, resolve
+
+    assert ModelConfig().num_layers == 9  # PR #363's 3x3 sets exactly the default depth
+    mcfg, _ = resolve(scale="cpu", preset="pr363-3x3", environ={})
+    assert (mcfg.num_layers, mcfg.loop_core_layers, mcfg.loop_repeats) == (9, 3, 3)
+    assert mcfg.model_dim == 128  # the scale's width still applies

@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from golf_core.config import ModelConfig
@@ -28,7 +27,7 @@ from golf_core.model.layers import (
     LowRankAdapter,
     RMSNorm,
     fast_rms_norm,
-    softcap_cross_entropy,
+    softcapped_head,
     zero_init,
 )
 from golf_core.schedule import (
@@ -261,21 +260,7 @@ class GPT(nn.Module):
     ) -> Tensor:
         x = self._backbone(input_ids, num_iters, collect=False)[-1]
         x = fast_rms_norm(x)  # = self.final_norm(x)
-        if self.lm_head is None:
-            logits = F.linear(x, self.tok_emb.weight.to(x.dtype))
-        else:
-            logits = self.lm_head(x)
-        cap = self.cfg.logit_softcap
-        if target_ids is not None:
-            return softcap_cross_entropy(
-                logits.reshape(-1, logits.size(-1)), target_ids.reshape(-1), cap
-            )
-        logits = cap * torch.tanh(logits / cap)  # (B, T, V)
-        if target_ids is None:
-            return logits
-        return F.cross_entropy(
-            logits.reshape(-1, logits.size(-1)).float(), target_ids.reshape(-1), reduction="mean"
-        )
+        return softcapped_head(x, self.tok_emb, self.lm_head, self.cfg.logit_softcap, target_ids)
 
 
 # ----------------------------------------------------------------------------- accounting

@@ -212,6 +212,18 @@ def softcap_cross_entropy(logits: Tensor, target: Tensor, cap: float) -> Tensor:
     return F.cross_entropy((cap * torch.tanh(logits / cap)).float(), target, reduction="mean")
 
 
+def softcapped_head(x: Tensor, tok_emb: nn.Embedding, lm_head: nn.Module | None, cap: float,
+                    target_ids: Tensor | None = None) -> Tensor:
+    """Upstream's output: the tied embedding (or an untied `lm_head`) as the head, tanh
+    softcap `cap`; softcapped logits (B, T, V), or with `target_ids` the mean cross-entropy in
+    nats (fp32; fused on fp32 logits). Every family's GPT ends here."""
+    logits = F.linear(x, tok_emb.weight.to(x.dtype)) if lm_head is None else lm_head(x)
+    if target_ids is not None:
+        return softcap_cross_entropy(logits.reshape(-1, logits.size(-1)),
+                                     target_ids.reshape(-1), cap)
+    return cap * torch.tanh(logits / cap)  # (B, T, V)
+
+
 class CausalSelfAttention(nn.Module):
     """GQA attention with per-head RMS-normed q/k, RoPE and a learned per-head query gain."""
 

@@ -68,7 +68,7 @@ from golf_core.model.extras import (
     rope_inv_freq,
     xsa,
 )
-from golf_core.model.layers import CastedLinear, RMSNorm, rms_norm, zero_init
+from golf_core.model.layers import CastedLinear, RMSNorm, rms_norm, softcapped_head, zero_init
 
 FAMILY = "pr1204"
 PR = 1204
@@ -488,14 +488,7 @@ class Model(nn.Module):
         self, input_ids: Tensor, target_ids: Tensor | None = None, *, num_iters: int | None = None
     ) -> Tensor:
         x = self.final_norm(self._backbone(input_ids, self._recur(num_iters))[-1])
-        logits = F.linear(x, self.tok_emb.weight) if self.lm_head is None else self.lm_head(x)
-        cap = self.cfg.logit_softcap
-        logits = cap * torch.tanh(logits / cap)  # (B, T, V)
-        if target_ids is None:
-            return logits
-        return F.cross_entropy(
-            logits.reshape(-1, logits.size(-1)).float(), target_ids.reshape(-1), reduction="mean"
-        )
+        return softcapped_head(x, self.tok_emb, self.lm_head, self.cfg.logit_softcap, target_ids)
 
     # --- accounting ------------------------------------------------------------------------
 

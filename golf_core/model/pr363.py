@@ -49,6 +49,7 @@ from golf_core.model.layers import (
     RMSNorm,
     apply_rotary_emb,
     rms_norm,
+    softcapped_head,
     zero_init,
 )
 from golf_core.schedule import LayerSchedule, VirtualLayer
@@ -287,17 +288,7 @@ class Model(nn.Module):
         self, input_ids: Tensor, target_ids: Tensor | None = None, *, num_iters: int | None = None
     ) -> Tensor:
         x = self.final_norm(self._backbone(input_ids, num_iters, collect=False)[-1])
-        if self.lm_head is None:
-            logits = F.linear(x, self.tok_emb.weight.to(x.dtype))
-        else:
-            logits = self.lm_head(x)
-        cap = self.cfg.logit_softcap
-        logits = cap * torch.tanh(logits / cap)  # (B, T, V)
-        if target_ids is None:
-            return logits
-        return F.cross_entropy(
-            logits.reshape(-1, logits.size(-1)).float(), target_ids.reshape(-1), reduction="mean"
-        )
+        return softcapped_head(x, self.tok_emb, self.lm_head, self.cfg.logit_softcap, target_ids)
 
     # --- accounting ------------------------------------------------------------------------
 

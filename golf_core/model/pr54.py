@@ -39,11 +39,17 @@ from dataclasses import dataclass, replace
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from golf_core.config import ModelConfig
-from golf_core.model.layers import Block, CastedLinear, RMSNorm, rms_norm, zero_init
+from golf_core.model.layers import (
+    Block,
+    CastedLinear,
+    RMSNorm,
+    rms_norm,
+    softcapped_head,
+    zero_init,
+)
 
 FAMILY = "pr54"
 PR = 54
@@ -227,17 +233,7 @@ class Model(nn.Module):
         self, input_ids: Tensor, target_ids: Tensor | None = None, *, num_iters: int | None = None
     ) -> Tensor:
         x = self.final_norm(self._backbone(input_ids, num_iters, collect=False)[-1])
-        if self.lm_head is None:
-            logits = F.linear(x, self.tok_emb.weight.to(x.dtype))
-        else:
-            logits = self.lm_head(x)
-        cap = self.cfg.logit_softcap
-        logits = cap * torch.tanh(logits / cap)  # (B, T, V)
-        if target_ids is None:
-            return logits
-        return F.cross_entropy(
-            logits.reshape(-1, logits.size(-1)).float(), target_ids.reshape(-1), reduction="mean"
-        )
+        return softcapped_head(x, self.tok_emb, self.lm_head, self.cfg.logit_softcap, target_ids)
 
     # --- accounting ------------------------------------------------------------------------
 

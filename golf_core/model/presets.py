@@ -78,3 +78,12 @@ def preset(name: str, **overrides: object) -> ModelConfig:
     except ValueError as e:
         raise ValueError(f"preset {name!r}: {e}") from None
     return cfg
+
+
+def preset_overrides(name: str) -> dict:
+    """The keys preset `name` sets itself (its table entry), whatever their values: what a
+    scale must not override (a preset's num_layers=9 is its own even where 9 is the default)."""
+    table = {**_PRESETS, **family_presets()}
+    if name not in table:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(table)}")
+    return dict(table[name])
