@@ -27,6 +27,7 @@ from golf_core.model.layers import (
     LowRankAdapter,
     RMSNorm,
     fast_rms_norm,
+    init_upstream_weights,
     softcapped_head,
     zero_init,
 )
@@ -107,11 +108,7 @@ class GPT(nn.Module):
             self.parallel_resid_lambdas = nn.Parameter(torch.full((L, 2), PARALLEL_RESID_INIT))
 
     def _init_weights(self) -> None:
-        if self.cfg.tie_embeddings:
-            nn.init.normal_(self.tok_emb.weight, mean=0.0, std=self.cfg.tied_embed_init_std)
-        for module in self.modules():
-            if isinstance(module, nn.Linear) and getattr(module, "_zero_init", False):
-                nn.init.zeros_(module.weight)
+        init_upstream_weights(self, self.cfg)
 
     # --- schedules and mini recurrence ---------------------------------------------------
 

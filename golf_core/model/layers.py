@@ -155,6 +155,16 @@ class Rotary(nn.Module):
         return full[2], full[3]
 
 
+
+def init_upstream_weights(model: nn.Module, cfg: ModelConfig) -> None:
+    """Upstream `GPT._init_weights`: a tied embedding ~ N(0, tied_embed_init_std), then every
+    Linear flagged by `zero_init` set to zero (the other Linears keep torch's default)."""
+    if cfg.tie_embeddings:
+        nn.init.normal_(model.tok_emb.weight, mean=0.0, std=cfg.tied_embed_init_std)
+    for module in model.modules():
+        if isinstance(module, nn.Linear) and getattr(module, "_zero_init", False):
+            nn.init.zeros_(module.weight)
+
 def _full_width(cos: Tensor, sin: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     """(T, dim/2) tables -> [cos, cos] and [sin, -sin], (T, 1, dim) in `dtype`."""
     return (torch.cat((cos, cos), -1).to(dtype)[:, None, :],

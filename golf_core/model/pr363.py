@@ -48,6 +48,7 @@ from golf_core.model.layers import (
     CausalSelfAttention,
     RMSNorm,
     apply_rotary_emb,
+    init_upstream_weights,
     rms_norm,
     softcapped_head,
     zero_init,
@@ -235,11 +236,7 @@ class Model(nn.Module):
     def _init_weights(self) -> None:
         nn.init.normal_(self.bigram_emb.weight, mean=0.0, std=0.02)
         nn.init.zeros_(self.bigram_proj.weight)
-        if self.cfg.tie_embeddings:
-            nn.init.normal_(self.tok_emb.weight, mean=0.0, std=self.cfg.tied_embed_init_std)
-        for module in self.modules():
-            if isinstance(module, nn.Linear) and getattr(module, "_zero_init", False):
-                nn.init.zeros_(module.weight)
+        init_upstream_weights(self, self.cfg)
 
     @property
     def schedule(self) -> LayerSchedule:

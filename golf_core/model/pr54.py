@@ -46,6 +46,7 @@ from golf_core.model.layers import (
     Block,
     CastedLinear,
     RMSNorm,
+    init_upstream_weights,
     rms_norm,
     softcapped_head,
     zero_init,
@@ -156,11 +157,7 @@ class Model(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        if self.cfg.tie_embeddings:
-            nn.init.normal_(self.tok_emb.weight, mean=0.0, std=self.cfg.tied_embed_init_std)
-        for module in self.modules():
-            if isinstance(module, nn.Linear) and getattr(module, "_zero_init", False):
-                nn.init.zeros_(module.weight)
+        init_upstream_weights(self, self.cfg)
 
     @property
     def recurrent_scale(self) -> float:
