@@ -147,6 +147,10 @@ class ModelConfig:
     parallel_residual: bool = False  # two residual lanes from parallel_start_layer on
     parallel_start_layer_is_physical: bool = True  # compare the start with the physical index
     canon_ac_layers: tuple[int, ...] = ()  # physical layers with canon residual convolutions
+    # Not the script's options (it always has both): off = the baseline's plain `x + w * skip`
+    # and no SmearGate, for the "recurrence x the record's extras" ablation (issue 12)
+    skip_gated: bool = True  # U-Net skips lerp(w * skip, x, sigmoid(gate)) as the record does
+    smear_gate: bool = True  # SmearGate after the embedding norm, as the record does
     # ---- end PR #1204
 
 
@@ -218,6 +222,10 @@ class TrainConfig:
     # every matrix is smaller, so the cpu scale sets 0 to quantize what upstream quantizes.
     # Control tensors (CONTROL_PATTERNS) are never quantized. QAT follows the same rule.
     export_keep_float_max_numel: int = 65_536
+    # also score the final model after an in-memory roundtrip at these uniform bits (e.g.
+    # 8,6,5: PR #363's per-precision gaps) and write each one's hidden-state error per
+    # virtual layer (quant_error.json); () = only the artifact's own roundtrip
+    export_gap_bits: tuple[int, ...] = ()
     keep_checkpoints: int = 2  # newest checkpoints kept on disk; 0 = keep every one
     threads: int = 0  # CPU torch threads per process; 0 = cores / processes on this node
 

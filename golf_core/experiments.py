@@ -24,6 +24,7 @@ baseline's skip-weight init (ones vs zeros).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -37,47 +38,81 @@ import pandas as pd
 
 from golf_core import paths
 
-GROUPS = ("routing", "lanes", "flat_vs_looped", "quant", "depth")
-SEEDS = (1337, 42)
+GROUPS = ("routing", "lanes", "flat_vs_looped", "quant", "depth", "stack")
+SEEDS = (1337, 42, 7)
+
+_ALWAYS_ON = {"recur_start_step": 0, "recur_start_frac": 0.0}
+_NO_RECURRENCE = {"recur_layers": (), "repeat_untie_mlp_layers": (), "recur_start_step": 0,
+                  "recur_start_frac": 0.0}
+# The record's extras (issue 12's list), each switched to the baseline's choice: plain skips,
+# no SmearGate, no BigramHash, no value embeddings, no XSA, RoPE on every head dim, no LN
+# scale, relu^2 (LeakyReLU slope 0). Parallel lanes and the layer-0 MLP-only block stay.
+_NO_EXTRAS = {"skip_gated": False, "smear_gate": False, "bigram_vocab_size": 0,
+              "ve_enabled": False, "xsa_last_n": 0, "rope_dims": 0, "ln_scale": False,
+              "negative_slope": 0.0}
 
 # label -> preset, overrides, groups, seeded (True: every seed of the scale; False: the first).
 # The published arms are the PRs' own models (golf_core/model/pr*.py presets: the label says
 # which PR); at the cpu and ci scales only the width changes (the scale's `common`, plus
 # `family_common` where an option is tied to the head width), never the architecture.
 _MATRIX: dict[str, dict[str, Any]] = {
-    "unet": dict(preset="unet", set={}, groups=("routing",), seeded=False, checkpoints=True),
+    "unet": dict(preset="unet", set={}, groups=("routing",), seeded=False, checkpoints=True,
+                 scales=("cpu", "ci", "gpu")),
     # one explainer article says the skip weights start at zero; upstream's code uses ones
     "unet-zeros": dict(preset="unet", set={"skip_init": "zeros"}, groups=("routing",),
-                       seeded=False, checkpoints=True),
-    # PR #363's control: PR #325's model without the loop, as deep as its flat comparison
-    "pr363-flat": dict(preset="pr363-flat", set={}, groups=("flat_vs_looped",), seeded=True,
-                       checkpoints=False),
-    # PR #363's table on PR #325's model: 3 stem / 3 core x 3 / 3 tail and 2 / 2 x 5 / 2
+                       seeded=False, checkpoints=True, scales=("cpu", "ci", "gpu")),
+    # PR #363's table on PR #325's model: 3 stem / 3 core x 3 / 3 tail and 2 / 2 x 5 / 2. The
+    # 3x3 run's training FLOPs are the budget of every PR #363 comparison
     "pr363-3x3": dict(preset="pr363-3x3", set={},
                       groups=("flat_vs_looped", "quant", "routing"), seeded=True,
                       checkpoints=True),
+    # PR #363's control (PR #325's model without the loop) and the 2x5 loop at equal steps:
+    # only at the published scale; on CPU the claims are judged at equal FLOPs (below)
+    "pr363-flat": dict(preset="pr363-flat", set={}, groups=("flat_vs_looped",), seeded=True,
+                       checkpoints=False, scales=("gpu",)),
     "pr363-2x5": dict(preset="pr363-2x5", set={}, groups=("flat_vs_looped",), seeded=True,
-                      checkpoints=False),
+                      checkpoints=False, scales=("gpu",)),
     # PR #363 compared at equal wallclock; equal training FLOPs is its deterministic stand-in:
     # these train the 3x3 run's FLOPs (golf_core.flops) in as many steps as that buys them
-    "pr363-flat-flops": dict(preset="pr363-flat", set={}, groups=("flat_vs_looped",),
+    "pr363-flat-flops": dict(preset="pr363-flat", set={}, groups=("flat_vs_looped", "quant"),
                              seeded=True, checkpoints=False, label="pr363-flat",
                              budget="flops", match="pr363-3x3"),
     "pr363-2x5-flops": dict(preset="pr363-2x5", set={}, groups=("flat_vs_looped",),
                             seeded=True, checkpoints=False, label="pr363-2x5", budget="flops",
                             match="pr363-3x3"),
-    # PR #363: uniform noise of one quantization step on the loop core's weights
+    # PR #363: uniform noise of one quantization step on the loop core's weights, at the
+    # export's precision (int6); the study adds QAT matched to int8 and int5 (its gap table)
     "pr363-3x3-noisy-qat": dict(preset="pr363-3x3",
                                 set={"qat_mode": "noisy", "qat_modules": "core"},
                                 groups=("quant",), seeded=True, checkpoints=False),
+    "pr363-3x3-qat-int8": dict(preset="pr363-3x3", set={"qat_mode": "noisy", "qat_modules":
+                                                        "core", "qat_bits": 8},
+                               groups=("quant",), seeded=True, checkpoints=False,
+                               scales=("study", "gpu")),
+    "pr363-3x3-qat-int5": dict(preset="pr363-3x3", set={"qat_mode": "noisy", "qat_modules":
+                                                        "core", "qat_bits": 5},
+                               groups=("quant",), seeded=True, checkpoints=False,
+                               scales=("study", "gpu")),
     # PR #54: the whole U-Net, then its last block K = 3 times (test-time K' in notebook 06)
-    "pr54": dict(preset="pr54", set={}, groups=("depth",), seeded=False, checkpoints=False),
+    "pr54": dict(preset="pr54", set={}, groups=("depth",), seeded=False, checkpoints=False,
+                 scales=("cpu", "ci", "gpu")),
     # PR #1204's record; its log switched recurrence on at step 3000 of 6242 (48%)
     "pr1204": dict(preset="pr1204", set={"recur_start_frac": 0.48}, groups=("lanes", "routing"),
                    seeded=True, checkpoints=True),
-    "pr1204-always-on": dict(preset="pr1204", set={"recur_start_step": 0,
-                                                   "recur_start_frac": 0.0},
-                             groups=("lanes",), seeded=True, checkpoints=False),
+    "pr1204-always-on": dict(preset="pr1204", set=_ALWAYS_ON, groups=("lanes", "stack"),
+                             seeded=True, checkpoints=False),
+    # The stack question (PR #54's closing remark): mini recurrence on/off x the record's
+    # extras on/off, a 2x2 at equal training FLOPs. Recurrence runs from step 0 in these
+    # cells, so the FLOPs count of a run is exact; "off" arms train the FLOPs of their "on"
+    "pr1204-norecur": dict(preset="pr1204", set=_NO_RECURRENCE, groups=("stack",),
+                           seeded=True, checkpoints=False, budget="flops",
+                           match="pr1204-always-on", scales=("study", "ci", "gpu")),
+    "pr1204-bare": dict(preset="pr1204", set={**_ALWAYS_ON, **_NO_EXTRAS}, groups=("stack",),
+                        seeded=True, checkpoints=False, scales=("study", "ci", "gpu")),
+    "pr1204-bare-norecur": dict(preset="pr1204", set={**_NO_RECURRENCE, **_NO_EXTRAS},
+                                groups=("stack",), seeded=True, checkpoints=False,
+                                budget="flops", match="pr1204-bare",
+                                scales=("study", "ci", "gpu")),
 }  # fmt: skip
 
 # At our widths a head is 16 wide (64 / 4, 32 / 2): the records' partial RoPE on 16 of 64
@@ -89,21 +124,47 @@ _NARROW_FAMILY = {"pr325": {"rope_dims": 4}, "pr1204": {"rope_dims": 4}}
 SCALES: dict[str, dict[str, Any]] = {
     "cpu": dict(
         train_scale="cpu",
-        seeds=SEEDS,
+        seeds=SEEDS[:3],
         common={
-            # width 64 keeps the 11-13 virtual layers of the looped/mini models inside the
-            # ~15-minute budget of the whole report on 2 cores (compute ~ depth * width^2)
+            # width 64 keeps the 11-15 virtual layers of the published models inside the
+            # ~15-minute budget of the whole report on 2 cores (compute ~ depth * width^2);
+            # 4 x 256 tokens a step for 200 steps: 3 seeds on every verdict arm, two runs at
+            # a time on one thread each (notes/LOG.md, 2026-12-01 pilot)
             "model_dim": 64, "num_heads": 4, "num_kv_heads": 2,
-            # 150 steps (not the train scale's 200): 19 runs + notebooks, 23 min measured
-            "iterations": 150, "warmdown_iters": 40, "val_loss_every": 30,
-            "train_log_every": 10, "val_max_tokens": 32_768,
+            "train_batch_tokens": 1024, "micro_batch_tokens": 1024,
+            "iterations": 200, "warmdown_iters": 50, "val_loss_every": 100,
+            "train_log_every": 20, "val_max_tokens": 16_384,
             "export_scheme": "int6",  # PR #1204's export precision (QAT follows the export)
+            "export_gap_bits": (8, 6, 5),  # PR #363's per-precision gaps
         },
         family_common=_NARROW_FAMILY,
-        checkpoints=5,  # checkpoints per run where a notebook shows routing over training
+        checkpoints=4,  # checkpoints per run where a notebook shows routing over training
         corpus_docs=0,  # 0 = the whole built-in corpus
         val_docs=20,
         eval_batch_seqs=32,
+        jobs=2,  # runs at a time (each with cores / jobs threads)
+    ),
+    # The scale whose verdicts the writeup states: >= 5 paired seeds, 2x the cpu scale's steps
+    # at 2x its batch, blocks compiled (they pay off at 300 steps; train.py), ~80 min on 2
+    # cores. Its small outputs are committed under results/study/ (no checkpoints kept).
+    "study": dict(
+        train_scale="cpu",
+        seeds=(1337, 42, 7, 2024, 31337),
+        common={
+            "model_dim": 64, "num_heads": 4, "num_kv_heads": 2,
+            "train_batch_tokens": 2048, "micro_batch_tokens": 2048,
+            "iterations": 300, "warmdown_iters": 75, "val_loss_every": 100,
+            "train_log_every": 25, "val_max_tokens": 32_768,
+            "export_scheme": "int6", "export_gap_bits": (8, 6, 5),
+            "compile": "blocks", "keep_checkpoints": 1,
+        },
+        family_common=_NARROW_FAMILY,
+        checkpoints=0,  # routing.json holds the final tables; no history at this scale
+        corpus_docs=0,
+        val_docs=20,
+        eval_batch_seqs=32,
+        jobs=2,
+        runs_root="results/study",  # relative to the project root; committed
     ),
     "ci": dict(
         train_scale="cpu",
@@ -113,7 +174,7 @@ SCALES: dict[str, dict[str, Any]] = {
             "train_batch_tokens": 1024, "micro_batch_tokens": 1024, "iterations": 8,
             "warmdown_iters": 3, "val_loss_every": 4, "train_log_every": 2,
             "val_max_tokens": 2048, "val_batch_size": 2048, "muon_momentum_warmup_steps": 4,
-            "export_scheme": "int6",
+            "export_scheme": "int6", "export_gap_bits": (8, 5),
         },
         family_common=_NARROW_FAMILY,
         checkpoints=4,
@@ -150,7 +211,15 @@ class RunSpec:
 
     @property
     def run_dir(self) -> Path:
-        return paths.runs_dir() / self.name
+        """runs_root(scale) / name. In a committed folder (results/study/) a finished run
+        whose settings hash differs (a config field added since) is still this run: the one
+        finished `<scale>-<key>-s<seed>-*` directory there (`config_drift` says what moved)."""
+        exact = runs_root(self.scale) / self.name
+        if exact.exists() or not scale_settings(self.scale).get("runs_root"):
+            return exact
+        prefix = self.name.rsplit("-", 1)[0] + "-"
+        found = [p for p in exact.parent.glob(prefix + "*") if (p / "summary.json").is_file()]
+        return found[0] if len(found) == 1 else exact
 
     def is_complete(self) -> bool:
         """A run is complete once train.py has written its summary.json (its last file)."""
@@ -160,7 +229,7 @@ class RunSpec:
         """Arguments after `-m golf_core.train`."""
         args = ["--scale", self.train_scale, "--preset", self.preset]
         sets = {**self.overrides, "seed": self.seed, "run_name": self.name,
-                "runs_dir": str(paths.runs_dir())}
+                "runs_dir": str(runs_root(self.scale))}
         for key, value in sets.items():
             args += ["--set", f"{key}={_cli_value(value)}"]
         return args
@@ -187,8 +256,26 @@ def scale_settings(scale: str) -> dict[str, Any]:
     return SCALES[scale]
 
 
+def runs_root(scale: str) -> Path:
+    """Where a scale's run directories live: runs/ (ignored), or the committed folder a
+    scale names (`runs_root`, e.g. results/study/)."""
+    root = scale_settings(scale).get("runs_root")
+    return paths.project_root() / root if root else paths.runs_dir()
+
+
+# settings that say where files are, not what is computed: left out of the run name's hash
+_PLACE_KEYS = ("data_path", "tokenizer_path", "runs_dir", "run_name", "seed", "threads")
+
+
 def _settings_hash(preset: str, overrides: Mapping[str, Any], train_scale: str) -> str:
-    blob = json.dumps({"preset": preset, "scale": train_scale, "set": dict(overrides)},
+    """Six hex digits of the run's resolved model and training config (so a changed default
+    renames the run instead of reusing a stale one), without the keys that only place files:
+    the same run on another machine, under another path, has the same name."""
+    from golf_core.config import resolve
+
+    mcfg, tcfg = resolve(scale=train_scale, preset=preset, environ={}, sets=dict(overrides))
+    train = {k: v for k, v in dataclasses.asdict(tcfg).items() if k not in _PLACE_KEYS}
+    blob = json.dumps({"preset": preset, "model": dataclasses.asdict(mcfg), "train": train},
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:6]
 
@@ -207,13 +294,13 @@ def run_matrix(scale: str = "cpu", *, groups: Sequence[str] | str = "all",
     specs: list[RunSpec] = []
     for key, entry in _MATRIX.items():
         chosen = tuple(g for g in entry["groups"] if g in wanted)
-        if not chosen:
+        if not chosen or scale not in entry.get("scales", SCALES):
             continue
         overrides = _overrides(cfg, entry, data, tok, extra)
         if entry.get("budget") == "flops":
             overrides = _flops_matched(cfg, entry, overrides, _overrides(
                 cfg, _MATRIX[entry["match"]], data, tok, extra))
-        if entry["checkpoints"]:
+        if entry["checkpoints"] and cfg["checkpoints"]:
             # every checkpoint kept: the routing notebooks plot how the controls evolve
             overrides["checkpoint_every"] = max(1, overrides["iterations"] // cfg["checkpoints"]
                                                 if "iterations" in overrides else 1000)
@@ -226,7 +313,9 @@ def run_matrix(scale: str = "cpu", *, groups: Sequence[str] | str = "all",
                                  overrides=overrides, groups=chosen,
                                  budget=entry.get("budget", "steps"),
                                  match=entry.get("match", "")))
-    return specs
+    # seed-major: a study stopped part-way has whole seeds of every arm, not all of a few
+    order = {seed: i for i, seed in enumerate(cfg["seeds"])}
+    return sorted(specs, key=lambda s: order[s.seed])
 
 
 def _overrides(cfg: Mapping[str, Any], entry: Mapping[str, Any], data: str, tok: str,
@@ -373,6 +462,9 @@ def summary_table(specs: Sequence[RunSpec]) -> pd.DataFrame:
             "unique_params": s["params"]["unique"], "total_params": s["params"]["total"],
             "virtual_depth": s["params"]["effective_depth"],
             "train_seconds": s["train_seconds"], "ms_per_step": s["ms_per_step"],
+            # PR #363's per-precision post-export gaps (export_gap_bits; NaN where not run)
+            **{f"gap_int{b}": s.get("gaps_by_bits", {}).get(f"int{b}", {}).get(
+                "bpb_gap", np.nan) for b in (8, 6, 5)},
         })  # fmt: skip
     return pd.DataFrame(rows)
 
@@ -416,6 +508,56 @@ def hardware_table(specs: Sequence[RunSpec]) -> pd.DataFrame:
     df = pd.DataFrame(rows).astype(str)
     counts = df.value_counts().rename("runs").reset_index()
     return counts
+
+
+# ----------------------------------------------------------------------------- stored tables
+
+
+def stored_routing(specs: Sequence[RunSpec], table: str) -> pd.DataFrame:
+    """One final routing table (`routing.json`, written by train.py at the end of a run:
+    e.g. "lanes", "skip_weights") of every run that has it, with label, seed, name, step."""
+    from golf_core.runs import ROUTING
+
+    frames = []
+    for spec in specs:
+        path = spec.run_dir / ROUTING
+        if not path.is_file():
+            continue
+        data = json.loads(path.read_text())
+        rows = data["tables"].get(table)
+        if rows:
+            frames.append(pd.DataFrame(rows).assign(label=spec.label, seed=spec.seed,
+                                                    name=spec.name, step=data["step"]))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def stored_quant_error(specs: Sequence[RunSpec]) -> pd.DataFrame:
+    """Hidden-state error per virtual layer of each run's final weights at each of its
+    export_gap_bits (`quant_error.json`): virtual_layer, physical_block, cycle, rel_error,
+    bits, loss_gap, plus label, seed, name and `shared` (the block is applied more than
+    once: the loop core). Empty where no run wrote one."""
+    from golf_core.runs import QUANT_ERROR
+
+    frames = []
+    for spec in specs:
+        path = spec.run_dir / QUANT_ERROR
+        if path.is_file():
+            df = pd.DataFrame(json.loads(path.read_text())["rows"])
+            frames.append(df.assign(label=spec.label, seed=spec.seed, name=spec.name))
+    if not frames:
+        return pd.DataFrame()
+    df = pd.concat(frames, ignore_index=True)
+    uses = df.groupby(["name", "bits", "physical_block"])["virtual_layer"].transform("size")
+    return df.assign(shared=uses > 1)
+
+
+def error_growth(errors: pd.DataFrame) -> pd.DataFrame:
+    """Per run and bits: the loop core's hidden-state error at its first and last layer and
+    their ratio (PR #363: ~900x over 3 cycles at int6)."""
+    core = errors[errors["shared"]].sort_values("virtual_layer")
+    g = core.groupby(["label", "seed", "name", "bits"], sort=False)["rel_error"]
+    out = pd.DataFrame({"first": g.first(), "last": g.last()}).reset_index()
+    return out.assign(growth=out["last"] / out["first"])
 
 
 # ----------------------------------------------------------------------------- routing

@@ -14,9 +14,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -39,9 +41,10 @@ def child_env() -> dict[str, str]:
     return env
 
 
-def train_command(spec: RunSpec, *, nproc: int = 1, resume: bool = False,
+def train_command(spec: RunSpec, *, nproc: int = 1, resume: bool = False, threads: int = 0,
                   python: str = sys.executable) -> list[str]:
-    """The command line that trains `spec` with `nproc` processes."""
+    """The command line that trains `spec` with `nproc` processes (`threads` > 0: torch
+    threads per process; 0 leaves train.py's cores / processes)."""
     if nproc < 1:
         raise ValueError(f"nproc={nproc}: must be >= 1")
     if nproc == 1:
@@ -49,13 +52,15 @@ def train_command(spec: RunSpec, *, nproc: int = 1, resume: bool = False,
     else:
         head = [python, "-m", "torch.distributed.run", "--standalone",
                 f"--nproc_per_node={nproc}", "-m", "golf_core.train"]
-    return head + spec.train_args() + (["--resume"] if resume else [])
+    extra = ["--set", f"threads={threads}"] if threads > 0 else []
+    return head + spec.train_args() + extra + (["--resume"] if resume else [])
 
 
-def run_one(spec: RunSpec, *, nproc: int = 1, echo: Callable[[str], None] = print) -> float:
+def run_one(spec: RunSpec, *, nproc: int = 1, threads: int = 0,
+            echo: Callable[[str], None] = print) -> float:
     """Train one run, streaming its output to `echo`; returns its wall seconds."""
     resume = spec.run_dir.is_dir() and any(spec.run_dir.iterdir())
-    cmd = train_command(spec, nproc=nproc, resume=resume)
+    cmd = train_command(spec, nproc=nproc, resume=resume, threads=threads)
     echo(f"=== {spec.name}: {'resuming' if resume else 'starting'} ({nproc} process(es))")
     tail: deque[str] = deque(maxlen=TAIL_LINES)
     t0 = time.perf_counter()
@@ -83,21 +88,89 @@ def run_one(spec: RunSpec, *, nproc: int = 1, echo: Callable[[str], None] = prin
     return seconds
 
 
-def launch(specs: Sequence[RunSpec], *, nproc: int = 1,
+def launch(specs: Sequence[RunSpec], *, nproc: int = 1, jobs: int = 1,
            echo: Callable[[str], None] = print) -> pd.DataFrame:
-    """Train every spec not yet complete, in order; one row per spec: name, label, seed,
-    status (`trained` / `skipped: complete`) and wall seconds of this launch."""
-    rows = []
-    for i, spec in enumerate(specs, 1):
+    """Train every spec not yet complete, in order, `jobs` at a time (each run then gets
+    cores / (jobs * nproc) threads; its lines are prefixed with its name); one row per spec:
+    name, label, seed, status (`trained` / `skipped: complete`) and wall seconds of this
+    launch. The first failure stops new runs, lets the running ones finish, and is raised."""
+    if jobs < 1:
+        raise ValueError(f"jobs={jobs}: must be >= 1")
+    rows: dict[int, dict[str, object]] = {}
+    todo = []
+    for i, spec in enumerate(specs):
         if spec.is_complete():
-            echo(f"=== [{i}/{len(specs)}] {spec.name}: complete, skipped")
-            rows.append({**_row(spec), "status": "skipped: complete", "seconds": 0.0})
-            continue
-        echo(f"=== [{i}/{len(specs)}]")
-        seconds = run_one(spec, nproc=nproc, echo=echo)
-        rows.append({**_row(spec), "status": "trained", "seconds": round(seconds, 1)})
-    return pd.DataFrame(rows)
+            echo(f"=== [{i + 1}/{len(specs)}] {spec.name}: complete, skipped")
+            rows[i] = {**_row(spec), "status": "skipped: complete", "seconds": 0.0}
+        else:
+            todo.append(i)
+    threads = max(1, len(os.sched_getaffinity(0)) // (jobs * nproc)) if jobs > 1 else 0
+    lock = threading.Lock()
+    failures: list[BaseException] = []
+
+    def one(i: int) -> None:
+        spec = specs[i]
+        if failures:
+            return
+        prefix = f"[{spec.label} s{spec.seed}] " if jobs > 1 else ""
+
+        def say(line: str) -> None:
+            with lock:
+                echo(prefix + line)
+
+        say(f"=== [{i + 1}/{len(specs)}]")
+        try:
+            seconds = run_one(spec, nproc=nproc, threads=threads, echo=say)
+        except BaseException as exc:  # noqa: BLE001 - re-raised below, first one wins
+            failures.append(exc)
+            return
+        rows[i] = {**_row(spec), "status": "trained", "seconds": round(seconds, 1)}
+
+    if jobs == 1:
+        for i in todo:
+            one(i)
+    else:
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            list(pool.map(one, todo))
+    if failures:
+        raise failures[0]
+    return pd.DataFrame([rows[i] for i in sorted(rows)])
 
 
 def _row(spec: RunSpec) -> dict[str, object]:
     return {"name": spec.name, "label": spec.label, "seed": spec.seed}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m golf_core.launch --scale study`: prepare the scale's data and train its
+    whole matrix (`make study`); resumable: finished runs are skipped, a killed one resumes."""
+    import argparse
+
+    from golf_core import experiments
+
+    p = argparse.ArgumentParser(prog="python -m golf_core.launch", description=main.__doc__)
+    p.add_argument("--scale", default="study", help="a golf_core.experiments scale")
+    p.add_argument("--jobs", type=int, default=0, help="runs at a time (0: the scale's)")
+    p.add_argument("--nproc", type=int, default=1, help="processes per run (torchrun > 1)")
+    p.add_argument("--groups", default="all", help="comma-separated run groups, or all")
+    args = p.parse_args(argv)
+    try:
+        cfg = experiments.scale_settings(args.scale)
+        specs = experiments.run_matrix(args.scale, groups=args.groups)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    experiments.prepare_data(args.scale)
+    t0 = time.perf_counter()
+    try:
+        table = launch(specs, nproc=args.nproc, jobs=args.jobs or cfg.get("jobs", 1))
+    except LaunchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(table.to_string(index=False))
+    print(f"[launch] {args.scale}: {len(specs)} runs, {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -33,6 +33,11 @@ def runs_dir() -> Path:
     return project_root() / "runs"
 
 
+def results_dir() -> Path:
+    """Committed run outputs (small files only): results/study/ holds the study scale's."""
+    return project_root() / "results"
+
+
 def figures_dir() -> Path:
     return project_root() / "figures"
 

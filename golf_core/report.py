@@ -295,32 +295,52 @@ FINDINGS_COLUMNS = ("claim", "source", "published", "ours", "n", "diff", "ci_low
                     "delta", "verdict", "notebook")
 # which notebook shows each paired claim of golf_core.stats.CLAIMS
 _CLAIM_NOTEBOOK = {"3x3-vs-2x5": "04_flat_vs_looped", "looped-vs-flat": "04_flat_vs_looped",
+                   "looped-vs-flat-gap": "05_quantization_recurrence",
                    "noisy-qat-gap": "05_quantization_recurrence",
                    "delayed-vs-always-on": "03_parallel_lanes"}
+
+
+def scale_claims(labels: Any) -> list[Any]:
+    """The claims of golf_core.stats.CLAIMS whose arms all are among `labels` (a scale runs
+    the arms of some claims only: the 2x2 and matched-QAT arms at the study scale)."""
+    from golf_core import stats
+
+    have = set(labels)
+    return [c for c in stats.CLAIMS if {c.arm_a, c.arm_b, *(c.minus or ())} <= have]
 
 
 def findings(specs: Sequence[Any], *, upstream_log: str = "") -> Any:
     """The published claims against our runs, one row each: FINDINGS_COLUMNS.
 
-    Paired claims (golf_core.stats.CLAIMS) give n seeds, the mean paired difference a - b
-    with its 95% t-interval, the equivalence margin delta and the verdict of the stated rule
-    (`stats.RULE`); descriptive rows (error growth, skip-weight init, lane routing) leave those
-    columns empty. `published`/`ours` say the same in words, with the published source."""
+    Paired claims (golf_core.stats.CLAIMS whose arms the scale runs, with paired seeds) give
+    n seeds, the mean paired difference a - b with its 95% t-interval, the equivalence
+    margin delta and the verdict of the stated rule (`stats.RULE`); descriptive rows (error
+    growth, skip-weight init, lane routing) leave those columns empty. `published`/`ours`
+    say the same in words, with the published source. Works on runs without checkpoints
+    (results/study/): their routing.json and quant_error.json hold the final tables."""
     import pandas as pd
 
     from golf_core import experiments as ex
     from golf_core import stats
 
     summary = ex.summary_table(specs)
-    table = stats.findings_table(_with_flops_references(summary, specs), stats.CLAIMS,
-                                 details=True)
-    rows = [_paired_row(r) for r in table.to_dict("records")]
+    table = stats.findings_table(_with_flops_references(summary, specs),
+                                 scale_claims(summary["label"]), details=True)
+    rows = [_paired_row(r) for r in table.to_dict("records") if r["n"]]
+    labels = set(summary["label"])
     by = {lab: grp for lab, grp in summary.groupby("label")}
     nan = float("nan")
-    for row, notebook in (
-            (_quant_rows(ex.select(specs, group="quant"), by), "05_quantization_recurrence"),
-            (_skip_row(ex.select(specs, group="routing"), by), "02_skip_weights_resid_mix"),
-            (_lanes_row(ex.select(specs, group="lanes"), upstream_log), "03_parallel_lanes")):
+    descriptive = []
+    if "pr363-3x3" in labels:
+        descriptive.append((_quant_row([s for s in specs if s.label == "pr363-3x3"]),
+                            "05_quantization_recurrence"))
+    if {"unet", "unet-zeros"} <= labels:
+        descriptive.append((_skip_row(ex.select(specs, group="routing"), by),
+                            "02_skip_weights_resid_mix"))
+    if "pr1204" in labels:
+        descriptive.append((_lanes_row([s for s in specs if s.label == "pr1204"],
+                                       upstream_log), "03_parallel_lanes"))
+    for row, notebook in descriptive:
         claim, source, published, ours, verdict = row  # descriptive: no paired difference
         rows.append([claim, source, published, ours, nan, nan, nan, nan, nan, verdict,
                      notebook])
@@ -342,30 +362,45 @@ def _paired_row(r: Mapping[str, Any]) -> list[Any]:
     published = r["published_text"] or "direction only"
     if r["published_a"] == r["published_a"]:  # not NaN
         published = f"{arm_a} {r['published_a']:.4f} vs {arm_b} {r['published_b']:.4f}"
-    if r["n"]:
-        ours = (f"{arm_a} {r['mean_a']:.4f} vs {arm_b} {r['mean_b']:.4f} {r['metric']} "
-                f"({r['budget']}: {r.get('steps_a', float('nan')):.0f} vs "
-                f"{r.get('steps_b', float('nan')):.0f} steps)")
+    steps = (f"({r['budget']}: {r.get('steps_a', float('nan')):.0f} vs "
+             f"{r.get('steps_b', float('nan')):.0f} steps)")
+    if r["claim"] in _INTERACTIONS:  # the means are the two contrasts
+        ours = (f"({arm_a} - {arm_b}) {r['mean_a']:+.4f} vs {_INTERACTIONS[r['claim']]} "
+                f"{r['mean_b']:+.4f} {r['metric']}")
     else:
-        ours = f"no paired runs of {arm_a} and {arm_b} at this scale"
+        ours = f"{arm_a} {r['mean_a']:.4f} vs {arm_b} {r['mean_b']:.4f} {r['metric']} {steps}"
     claim = f"{r['question']} [{r['claim']}]"
     notebook = _CLAIM_NOTEBOOK.get(r["claim"].split("/")[0], "99_report")
     return [claim, r["published_source"], published, ours, r["n"], r["diff"], r["ci_low"],
             r["ci_high"], r["delta"], r["verdict"], notebook]
 
 
-def _quant_rows(specs: Sequence[Any], by: Mapping[str, Any]) -> list[str]:
+def _interactions() -> dict[str, str]:
+    from golf_core import stats
+
+    return {c.name: f"({c.minus[0]} - {c.minus[1]})" for c in stats.CLAIMS if c.minus}
+
+
+_INTERACTIONS = _interactions()
+
+
+def _quant_row(specs: Sequence[Any]) -> list[str]:
+    """Error growth through the loop core: from the runs' quant_error.json (every seed, each
+    precision) where they wrote one, else recomputed at int6 from the first run's weights."""
     from golf_core import experiments as ex
 
-    base = [s for s in specs if s.label == "pr363-3x3"][:1]
-    err = ex.recurrence_error_table(base, bits=6)
-    core = err[err["shared"]].sort_values("virtual_layer")
-    first, last = core["rel_error"].iloc[0], core["rel_error"].iloc[-1]
-    ratio = last / first if first > 0 else float("nan")
-    return ["int6 quantization error grows through the repeats", "PR #363",
-            "~900x over 3 cycles", f"x{ratio:.2f} from the first to the last layer of the "
-            f"loop core ({first:.2e} -> {last:.2e}; every matrix int6)",
-            "reproduced (growth)" if ratio > 1 else "not reproduced"]
+    errors = ex.stored_quant_error(specs)
+    if errors.empty:
+        errors = ex.recurrence_error_table(specs[:1], bits=6).assign(seed=specs[0].seed)
+    growth = ex.error_growth(errors)
+    per_bits = growth.groupby("bits")["growth"].agg(["mean", "min", "max", "size"])
+    parts = [f"int{b}: x{r['mean']:.2f} (seeds {r['min']:.2f}-{r['max']:.2f}, n={r['size']})"
+             for b, r in per_bits.sort_index(ascending=False).iterrows()]
+    grows = bool((per_bits["min"] > 1).all())
+    return ["quantization error grows through the repeats", "PR #363",
+            "~900x over 3 cycles (int6)", "first -> last loop-core layer, hidden-state error "
+            "of the quantized copy (every matrix quantized): " + "; ".join(parts),
+            "reproduced (growth)" if grows else "not reproduced"]
 
 
 def _skip_row(specs: Sequence[Any], by: Mapping[str, Any]) -> list[str]:
@@ -381,9 +416,19 @@ def _skip_row(specs: Sequence[Any], by: Mapping[str, Any]) -> list[str]:
 
 
 def _lanes_row(specs: Sequence[Any], upstream_log: str) -> list[str]:
-    from golf_core import experiments as ex
+    import pandas as pd
 
-    lanes = ex.lane_table([s for s in specs if s.label == "pr1204"], upstream_log)
+    from golf_core import experiments as ex
+    from golf_core.runs import parse_upstream_log
+
+    if all((s.run_dir / "checkpoints").is_dir() for s in specs):
+        lanes = ex.lane_table(specs, upstream_log)
+    else:  # committed results: the final tables only
+        stored = ex.stored_routing(specs, "lanes").assign(source="ours")
+        theirs = (parse_upstream_log(upstream_log)["routing"].assign(source="PR #1204")
+                  if upstream_log else pd.DataFrame())
+        lanes = pd.concat([stored, theirs], ignore_index=True)
+        lanes["layer"] = lanes["physical"].astype(int)
     ours = (lanes[lanes["source"].str.startswith("ours")]  # the seeds' mean per layer
             .groupby("layer", as_index=False).mean(numeric_only=True).sort_values("layer"))
     theirs = lanes[~lanes["source"].str.startswith("ours")].sort_values("layer")

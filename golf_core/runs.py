@@ -52,6 +52,8 @@ CONFIG, ENV, METRICS, LOG, SUMMARY = (
     "config.json", "env.json", "metrics.jsonl", "train.log", "summary.json"
 )
 FINAL_MODEL, ARTIFACT_REPORT = "final_model.pt", "artifact_report.json"
+# written at the end of a run beside summary.json: small, and kept where checkpoints are not
+ROUTING, QUANT_ERROR = "routing.json", "quant_error.json"
 
 
 # ----------------------------------------------------------------------------- naming

@@ -68,6 +68,8 @@ from golf_core.runs import (
     ARTIFACT_REPORT,
     CONFIG,
     FINAL_MODEL,
+    QUANT_ERROR,
+    ROUTING,
     SUMMARY,
     RunLog,
     env_info,
@@ -167,8 +169,20 @@ _COMPILE_ALIASES = {"0": "none", "false": "none", "no": "none", "off": "none",
 # auto on CPU compiles the blocks from this many steps on. Measured (benchmarks/results/
 # optimizations.md, 2 shared cores, widths 64-128): compiled blocks save ~15-25% of a step
 # (~50-400 ms) and cost ~20-75 s of compiling on a cold inductor cache (~5-10 s warm), so they
-# pay off after at most ~1000 steps.
+# pay off after at most ~1000 steps. The published families at width 64 (PR #325's 3x3, 2
+# threads, Intel Xeon, 2026-12-01): 480 -> 320 ms/step, first step 56 s cold / 6 s warm.
 AUTO_COMPILE_MIN_STEPS = 1000
+
+
+def compile_targets(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The blocks `compile=blocks` compiles: every member of the model's `*blocks` module
+    lists (our GPT's `blocks`; PR #325's stem/loop/refine/tail blocks; PR #54's, #363's and
+    #1204's `blocks`). Same-class blocks share one compiled graph (parameters are inputs)."""
+    out: list[torch.nn.Module] = []
+    for name, child in model.named_children():
+        if isinstance(child, torch.nn.ModuleList) and name.endswith("blocks"):
+            out.extend(child)
+    return out
 
 
 def _compile_as_text(cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -201,18 +215,15 @@ def resolve_compile(tcfg: TrainConfig, device: torch.device,
     """(mode, why): what `compile` does for this run. auto: on CPU, the blocks of our GPT
     once the run has AUTO_COMPILE_MIN_STEPS steps (the compile cost then pays off); else none
     (on a GPU auto does not compile: say `model` or `blocks` there)."""
-    from golf_core.model.gpt import GPT
-
     mode = compile_mode_name(tcfg.compile)
-    blocks = getattr(model, "blocks", None)
-    if mode == "blocks" and not isinstance(blocks, torch.nn.ModuleList):
+    if mode == "blocks" and not compile_targets(model):
         raise ConfigError(f"compile=blocks: {type(model).__name__} has no `blocks` list")
     if mode != "auto":
         return mode, "as set"
     if device.type != "cpu":
         return "none", f"auto compiles only on CPU (device {device.type})"
-    if not isinstance(model, GPT):
-        return "none", f"auto compiles only our GPT (not {type(model).__name__})"
+    if not compile_targets(model):
+        return "none", f"auto: {type(model).__name__} has no blocks to compile"
     if tcfg.iterations < AUTO_COMPILE_MIN_STEPS:
         return "none", (f"auto: iterations {tcfg.iterations} < {AUTO_COMPILE_MIN_STEPS}, too "
                         "short for the compile time to pay off")
@@ -225,7 +236,7 @@ def apply_compile(model: torch.nn.Module, mode: str) -> torch.nn.Module:
     if mode == "model":
         return torch.compile(model)
     if mode == "blocks":
-        for block in model.blocks:
+        for block in compile_targets(model):
             block.compile()
     return model
 
@@ -712,9 +723,63 @@ class Trainer:
                             results["final_roundtrip_sliding_window"],
                             {"stride": t.eval_stride, **sizes})
         summary = self.summary(report, results)
+        summary["gaps_by_bits"] = self.precision_gaps()
         if self.rt.is_main:
+            self.save_tables()
             save_json(self.run_dir / SUMMARY, summary)
         return summary
+
+    def precision_gaps(self) -> dict[str, Any]:
+        """`export_gap_bits`: per uniform precision, the bpb after an in-memory roundtrip
+        of the final weights (the artifact's codec and float threshold) and its gap to the
+        float model; each one's hidden-state error per virtual layer goes to
+        quant_error.json (families with a layer schedule)."""
+        from golf_core.quant import (
+            dequantize_state_dict,
+            dequantized_copy,
+            quantize_state_dict,
+            recurrence_error,
+            resolve_policy,
+        )
+
+        t, out, rows = self.tcfg, {}, []
+        if not t.export_gap_bits:
+            return out
+        float_model = dequantized_copy(self.model, self.model.state_dict())  # no QAT hooks
+        seqs = min(4, (self.data.val_tokens.numel() - 1) // t.train_seq_len)
+        batch = self.data.val_tokens[: seqs * t.train_seq_len + 1].to(self.rt.device)
+        x, y = batch[:-1].view(seqs, -1), batch[1:].view(seqs, -1)  # (B, T)
+        layered = hasattr(float_model, "forward_hidden") and (
+            hasattr(float_model, "schedule_for") or hasattr(float_model, "schedule"))
+        for bits in t.export_gap_bits:
+            policy = resolve_policy(f"int{bits}",
+                                    keep_float_max_numel=t.export_keep_float_max_numel)
+            deq = dequantize_state_dict(quantize_state_dict(self.model.state_dict(), policy),
+                                        source=f"int{bits} roundtrip")
+            qmodel = dequantized_copy(float_model, deq)
+            res = self.evaluate(qmodel)
+            gap = res["val_bpb"] - self.last_val["val_bpb"]
+            out[f"int{bits}"] = {"roundtrip_val_bpb": res["val_bpb"], "bpb_gap": gap}
+            self.log.log(f"precision_gap int{bits} roundtrip_val_bpb:{res['val_bpb']:.4f} "
+                         f"gap:{gap:+.4f}")
+            if layered:
+                with autocast_context(self.rt):
+                    err = recurrence_error(float_model, qmodel, x, y)
+                rows += err.assign(bits=bits, loss_gap=err.attrs.get("loss_gap")).to_dict(
+                    "records")
+        self._quant_error = rows
+        return out
+
+    def save_tables(self) -> None:
+        """routing.json (the final routing tables: what the notebooks plot) and
+        quant_error.json: small files that outlive the checkpoints (results/study/)."""
+        from golf_core.analysis import routing_tables
+
+        tables = {k: json.loads(v.to_json(orient="records"))
+                  for k, v in routing_tables(self.model).items()}
+        save_json(self.run_dir / ROUTING, {"step": self.step, "tables": tables})
+        if getattr(self, "_quant_error", None):
+            save_json(self.run_dir / QUANT_ERROR, {"step": self.step, "rows": self._quant_error})
 
     def summary(self, report: Mapping[str, Any], results: Mapping[str, Any]) -> dict[str, Any]:
         from golf_core.model import count_parameters

@@ -245,7 +245,7 @@ def test_paired_findings_come_from_the_stats_rule_and_equal_flops_reuse_the_refe
     table = _with_flops_references(summary, specs)
     # the 3x3's own runs are its equal-FLOPs budget: they appear once more under "flops"
     assert len(table.query("label == 'pr363-3x3' and budget == 'flops'")) == 3
-    claims = [c for c in stats.CLAIMS if c.name.startswith(("3x3", "looped"))]
+    claims = [c for c in stats.CLAIMS if c.name.startswith(("3x3", "looped-vs-flat/"))]
     rows = stats.findings_table(table, claims, details=True).set_index("claim")
     flops = rows.loc["3x3-vs-2x5/flops"]
     assert flops["n"] == 3 and flops["diff"] == pytest.approx(-0.03)

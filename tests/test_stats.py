@@ -297,3 +297,27 @@ def test_equal_flops_steps_of_real_models_never_exceed_the_reference_budget():
     spent = flops.training_flops(models["looped"], 16, 256, steps["looped"])
     assert spent <= budget < flops.training_flops(models["looped"], 16, 256, steps["looped"] + 1)
     assert steps["looped"] < 300  # five virtual layers cost more than two
+
+
+def test_an_interaction_claim_decides_the_difference_of_two_paired_contrasts():
+    # a - b = -0.010 and c - d = +0.004 per seed (+ seed noise shared within each pair):
+    # the interaction (a - b) - (c - d) is -0.014 on every seed
+    rows = []
+    for i, seed in enumerate((1, 2, 3, 4, 5)):
+        noise = 0.002 * (i - 2)
+        rows += [{"label": "a", "seed": seed, "val_bpb": 2.0 + noise - 0.010},
+                 {"label": "b", "seed": seed, "val_bpb": 2.0 + noise},
+                 {"label": "c", "seed": seed, "val_bpb": 2.1 - noise + 0.004},
+                 {"label": "d", "seed": seed, "val_bpb": 2.1 - noise}]
+    rows.append({"label": "c", "seed": 9, "val_bpb": 2.0})  # unpaired: dropped
+    x = Claim("x", "Does the interaction go negative?", "a", "b", direction=-1, delta=0.002,
+              minus=("c", "d"))
+    pairs = paired_differences(pd.DataFrame(rows), x)
+    assert pairs["seed"].tolist() == [1, 2, 3, 4, 5]
+    assert pairs["a"].to_numpy() == pytest.approx([-0.010] * 5)
+    assert pairs["b"].to_numpy() == pytest.approx([0.004] * 5)
+    res = decide(pairs, x)
+    assert res["diff"] == pytest.approx(-0.014) and res["verdict"] == "reproduced"
+    assert "(val_bpb[a] - val_bpb[b]) - (val_bpb[c] - val_bpb[d])" in x.rule
+    with pytest.raises(ValueError, match="no run labelled e"):
+        paired_differences(pd.DataFrame(rows), Claim("y", "?", "a", "b", minus=("c", "e")))

@@ -293,6 +293,11 @@ def _check(cfg: ModelConfig) -> None:
                          f"there are {virtual}")
 
 
+def _pop(skip: Tensor, x: Tensor, gate: Tensor | None) -> Tensor:
+    """A U-Net skip joining the stream: the record's gated lerp, or the baseline's add."""
+    return x + skip if gate is None else torch.lerp(skip, x, gate)
+
+
 class Model(nn.Module):
     """PR #1204's `GPT`. forward(input_ids, target_ids=None, *, num_iters=None): softcapped
     logits (B, T, V), or the mean cross-entropy in nats. `num_iters` = 1 runs each layer once,
@@ -315,10 +320,10 @@ class Model(nn.Module):
         self.bigram = None
         if cfg.bigram_vocab_size > 0:
             self.bigram = BigramHash(cfg.bigram_vocab_size, cfg.bigram_dim, d)
-        self.smear = SmearGate(d)
+        self.smear = SmearGate(d) if cfg.smear_gate else None
         n_skip = min(self.virtual_layers // 2, self.virtual_layers - self.virtual_layers // 2)
         self.skip_weights = nn.Parameter(torch.ones(n_skip, d))
-        self.skip_gates = nn.Parameter(torch.zeros(n_skip, d))
+        self.skip_gates = nn.Parameter(torch.zeros(n_skip, d)) if cfg.skip_gated else None
         self.qo_bank = nn.Parameter(torch.empty(2 * L, d, d))
         self.kv_bank = nn.Parameter(torch.empty(2 * L, kv_dim, d))
         self.mlp_up_bank = nn.Parameter(torch.empty(L, mlp_dim, d))
@@ -446,7 +451,9 @@ class Model(nn.Module):
         x = self.tok_emb(input_ids)
         if self.bigram is not None:
             x = x + self.bigram(input_ids)
-        x = self.smear(rms_norm(x))  # (B, T, D)
+        x = rms_norm(x)
+        if self.smear is not None:
+            x = self.smear(x)  # (B, T, D)
         x0, lanes, skips, hidden = x, None, [], []
         v2p = self.v2p(recur)
         enc = len(v2p) // 2
@@ -462,13 +469,14 @@ class Model(nn.Module):
                 lanes = (x, x)
             if i >= enc and skips:
                 skip, j = skips.pop(), i - enc
-                g = torch.sigmoid(self.skip_gates[j].to(x.dtype))[None, None, :]
                 sw = self.skip_weights[j].to(x.dtype)[None, None, :]
+                g = (None if self.skip_gates is None else
+                     torch.sigmoid(self.skip_gates[j].to(x.dtype))[None, None, :])
                 if parallel:
                     s0, s1 = skip if isinstance(skip, tuple) else (skip, skip)
-                    lanes = (torch.lerp(sw * s0, lanes[0], g), torch.lerp(sw * s1, lanes[1], g))
+                    lanes = (_pop(sw * s0, lanes[0], g), _pop(sw * s1, lanes[1], g))
                 else:
-                    x = torch.lerp(sw * (skip[1] if isinstance(skip, tuple) else skip), x, g)
+                    x = _pop(sw * (skip[1] if isinstance(skip, tuple) else skip), x, g)
             if parallel:
                 resid, post = self.parallel_resid_lambdas[p], self.parallel_post_lambdas[p]
                 lanes = block.forward_lanes(lanes, x0, resid, post, w, rope, ve, self._canon(p))
@@ -561,13 +569,16 @@ class Model(nn.Module):
 
     def _skip_table(self) -> pd.DataFrame:
         enc, rows = len(self.v2p()) // 2, []
-        for j, (w, g) in enumerate(zip(self.skip_weights.detach().float(),
-                                       self.skip_gates.detach().float())):
+        weights = self.skip_weights.detach().float()
+        gates = (self.skip_gates.detach().float() if self.skip_gates is not None
+                 else [None] * len(weights))  # ungated (skip_gated=0): x + w * skip
+        for j, (w, g) in enumerate(zip(weights, gates)):
             used = j < enc
+            keep = torch.sigmoid(g) if g is not None else torch.zeros_like(w)
             rows.append({"skip": j, "encoder_layer": enc - 1 - j if used else pd.NA,
                          "decoder_layer": enc + j if used else pd.NA, **_summary(w),
-                         "gate_mean": torch.sigmoid(g).mean().item(),
-                         "skip_coef_mean": ((1 - torch.sigmoid(g)) * w).mean().item()})
+                         "gate_mean": keep.mean().item() if g is not None else float("nan"),
+                         "skip_coef_mean": ((1 - keep) * w).mean().item()})
         cols = ["skip", "encoder_layer", "decoder_layer", "mean", "abs_mean", "std",
                 "gate_mean", "skip_coef_mean"]
         return pd.DataFrame(rows, columns=cols).astype(
@@ -610,7 +621,8 @@ class Model(nn.Module):
                   enumerate(zip(self.ve_layers, self.ve_layer_scales))]
         if self.bigram is not None:
             named.append(("bigram.scale", 0, pd.NA, self.bigram.scale))
-        named.append(("smear.gate", 0, pd.NA, self.smear.gate))
+        if self.smear is not None:
+            named.append(("smear.gate", 0, pd.NA, self.smear.gate))
         rows = []
         for name, index, layer, t in named:
             t = t.detach().float().reshape(-1)
