@@ -15,7 +15,7 @@ export IPYTHONDIR := $(CURDIR)/.cache/ipython
 export JUPYTER_RUNTIME_DIR := $(CURDIR)/.cache/jupyter/runtime
 export PYTHONUNBUFFERED := 1
 
-.PHONY: venv test test-fast lint data report bench gpu-check clean
+.PHONY: venv test test-fast lint data report study bench gpu-check clean
 
 venv: $(VENV)/.installed
 	@mkdir -p .cache/matplotlib .cache/inductor .cache/ipython .cache/jupyter/runtime
@@ -45,6 +45,12 @@ REPORT_SCALE ?= cpu
 REPORT_ARGS ?=
 report: venv
 	$(PY) -m golf_core.report --scale $(REPORT_SCALE) $(REPORT_ARGS)
+
+# The study scale (the writeup's verdicts): 55 runs, 5 paired seeds, two at a time; ~1.5-2 h
+# on 2 cores, resumable (finished runs are skipped). Its small outputs land in results/study/
+# (committed); `make report` then renders them in notebooks/08_study.ipynb and the index.
+study: venv
+	$(PY) -m golf_core.launch --scale study
 
 # throughput, cost split, eval, artifacts; then our step beside upstream's GPT + Muon
 # (imports ../shared/reference/upstream_baseline_train_gpt.py; skips, saying so, without it)

@@ -30,6 +30,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
 from golf_core import paths
 
@@ -326,6 +327,39 @@ def recurrence_error_figure(df: pd.DataFrame) -> Figure:
         ax.set_xlabel("virtual layer")
         ax.set_ylabel("relative hidden-state error ||h_q - h|| / ||h||")
         ax.legend(loc="best")
+    return fig
+
+
+def claims_forest(df: pd.DataFrame) -> Figure:
+    """Every claim's paired differences (golf_core.report.paired_table): one row per claim,
+    each seed a dot, the mean with its 95% t-interval as a bar, zero as a line and the
+    equivalence margin +-delta shaded; the verdict written at the right. bpb claims and gap
+    claims share the axis (both in bpb)."""
+    _require(df, ["claim", "seed", "diff", "mean", "ci_low", "ci_high", "delta", "verdict"],
+             "claims_forest")
+    claims = list(dict.fromkeys(df["claim"]))
+    with _style():
+        fig = _figure(7.5, 0.42 * len(claims) + 1.0)
+        ax = fig.subplots()
+        for i, name in enumerate(claims):
+            sub = df[df["claim"] == name]
+            r = sub.iloc[0]
+            y = len(claims) - 1 - i
+            ax.add_patch(Rectangle((-r["delta"], y - 0.35), 2 * r["delta"], 0.7,
+                                   color="grey", alpha=0.15, lw=0))
+            ax.scatter(sub["diff"], [y] * len(sub), s=12, color="#4477aa", zorder=3,
+                       gid=tooltip(f"{name}: " + ", ".join(
+                           f"s{s} {d:+.4f}" for s, d in zip(sub["seed"], sub["diff"]))))
+            if r["ci_low"] == r["ci_low"]:  # an interval from >= 2 seeds
+                ax.plot([r["ci_low"], r["ci_high"]], [y, y], color="black", lw=1.5, zorder=4)
+            ax.plot([r["mean"]], [y], marker="D", ms=5, color="black", zorder=5)
+            ax.text(1.01, y, f"{r['verdict']} (n={int(r['n'])})", va="center", fontsize=7,
+                    transform=ax.get_yaxis_transform())
+        ax.axvline(0.0, color="black", lw=0.8)
+        ax.set_yticks(range(len(claims)), claims[::-1], fontsize=7)
+        ax.set_ylim(-0.7, len(claims) - 0.3)
+        ax.set_xlabel("paired difference a - b per seed (bpb); bar: 95% t-interval; "
+                      "shade: +-delta")
     return fig
 
 

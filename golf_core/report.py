@@ -44,6 +44,7 @@ NOTEBOOKS = (
     "05_quantization_recurrence",
     "06_test_time_depth",
     "07_explore_routing",
+    "08_study",
     "99_report",
 )
 WRITEUP = "99_report"
@@ -56,6 +57,7 @@ TITLES = {
     "05_quantization_recurrence": "Quantization error through recurrence",
     "06_test_time_depth": "Test-time depth (PR #54)",
     "07_explore_routing": "Routing explorer (interactive in JupyterLab)",
+    "08_study": "The study: findings that decide",
     "99_report": "Report",
 }
 UPSTREAM_LOG = "parallel_resid_mini_recur_seed1337.log"  # PR #1204's seed-1337 record log
@@ -90,6 +92,7 @@ def notebook_parameters(scale: str, *, data_path: str = "", tokenizer_path: str 
         "05_quantization_recurrence": dict(common),
         "06_test_time_depth": dict(common),
         "07_explore_routing": dict(common),
+        "08_study": {"upstream_log": log},
         "99_report": {**common, "upstream_log": log},
     }
 
@@ -347,6 +350,167 @@ def findings(specs: Sequence[Any], *, upstream_log: str = "") -> Any:
     return pd.DataFrame(rows, columns=list(FINDINGS_COLUMNS))
 
 
+def study_specs() -> list[Any]:
+    """The finished runs of the study scale's matrix (results/study/, committed), in matrix
+    order; empty when none has finished on this machine or in this checkout."""
+    from golf_core import experiments as ex
+
+    return [s for s in ex.run_matrix("study") if s.is_complete()]
+
+
+def study_findings(*, upstream_log: str = "") -> Any:
+    """`findings` of the committed study (results/study/): the verdicts the writeup states.
+    An empty table (with FINDINGS_COLUMNS) when the study has not run."""
+    import pandas as pd
+
+    specs = study_specs()
+    if not specs:
+        return pd.DataFrame(columns=list(FINDINGS_COLUMNS))
+    return findings(specs, upstream_log=upstream_log)
+
+
+def study_status_markdown(specs: Sequence[Any]) -> str:
+    """How much of the study matrix has finished (results/study/), and the command that
+    trains the rest."""
+    from golf_core import experiments as ex
+
+    total = ex.run_matrix("study")
+    seeds = sorted({s.seed for s in specs})
+    if not specs:
+        return ("**The study has not run in this checkout** (no finished run under "
+                "`results/study/`). `make study` trains it (resumable), then `make report`.")
+    done = "all" if len(specs) == len(total) else f"{len(specs)} of {len(total)}"
+    return (f"**{done} study runs finished** (`results/study/`; seeds "
+            f"{', '.join(map(str, seeds))}). `make study` trains what is missing and skips "
+            "what is there; a verdict uses the seeds both of its arms have.")
+
+
+def verdict_summary_markdown(table: Any) -> str:
+    """The findings table in sentences: per paired claim its verdict, mean difference and
+    95% interval, and what the interval's half-width allows; then the descriptive rows."""
+    if not len(table):
+        return "No finding: the study has not run."
+    lines = []
+    for r in table.to_dict("records"):
+        if r["n"] == r["n"] and r["n"] < 2:
+            lines.append(f"- **{r['verdict']}**: {r['claim']}: mean a - b {r['diff']:+.4f} "
+                         "from one paired seed: no interval yet.")
+        elif r["n"] == r["n"]:  # a paired claim
+            hw = (r["ci_high"] - r["ci_low"]) / 2
+            lines.append(f"- **{r['verdict']}**: {r['claim']}: mean a - b {r['diff']:+.4f} "
+                         f"[{r['ci_low']:+.4f}, {r['ci_high']:+.4f}] over {int(r['n'])} "
+                         f"paired seeds (half-width {hw:.4f}, delta {r['delta']:g}).")
+        else:
+            lines.append(f"- **{r['verdict']}**: {r['claim']}: {r['ours']} (published: "
+                         f"{r['published']}).")
+    return "\n".join(lines)
+
+
+def gap_table(specs: Sequence[Any]) -> Any:
+    """Per arm: seeds, mean val_bpb and mean post-export gap at int8 / int6 / int5."""
+    from golf_core import experiments as ex
+
+    s = ex.summary_table(specs)
+    cols = ["val_bpb", "gap_int8", "gap_int6", "gap_int5"]
+    out = s.groupby("label", sort=False)[cols].mean()
+    out.insert(0, "seeds", s.groupby("label", sort=False)["seed"].nunique())
+    return out[out[cols[1:]].notna().any(axis=1)].reset_index()
+
+
+def growth_table(specs: Sequence[Any]) -> Any:
+    """Per arm with a loop core and per precision: mean, min and max over seeds of the
+    hidden-state error growth from the first to the last loop-core layer."""
+    from golf_core import experiments as ex
+
+    errors = ex.stored_quant_error(specs)
+    if errors.empty:
+        import pandas as pd
+
+        return pd.DataFrame()
+    g = ex.error_growth(errors)
+    out = g.groupby(["label", "bits"], sort=False)["growth"].agg(["size", "mean", "min", "max"])
+    return out.rename(columns={"size": "seeds"}).reset_index()
+
+
+# the 2x2 of the stack question: label -> (recurrence, extras)
+STACK_CELLS = {"pr1204-always-on": ("on", "on"), "pr1204-norecur": ("off", "on"),
+               "pr1204-bare": ("on", "off"), "pr1204-bare-norecur": ("off", "off")}
+
+
+def stack_table(specs: Sequence[Any]) -> Any:
+    """The 2x2 as a table: mean val_bpb (and seeds, steps) per cell, extras by row and
+    mini recurrence by column."""
+    from golf_core import experiments as ex
+
+    s = ex.summary_table([x for x in specs if x.label in STACK_CELLS])
+    if s.empty:
+        return s
+    s = s.assign(recurrence=s["label"].map(lambda v: STACK_CELLS[v][0]),
+                 extras=s["label"].map(lambda v: STACK_CELLS[v][1]))
+    return s.pivot_table(index="extras", columns="recurrence",
+                         values=["val_bpb", "steps", "seed"],
+                         aggfunc={"val_bpb": "mean", "steps": "mean", "seed": "nunique"})
+
+
+def paired_table(specs: Sequence[Any]) -> Any:
+    """Every seed's paired difference of every claim the runs can decide: claim, metric,
+    budget, seed, a, b, diff (a - b; for an interaction the two contrasts and theirs), with
+    the claim's n, mean, ci_low, ci_high, delta and verdict (what the forest plot draws)."""
+    import pandas as pd
+
+    from golf_core import experiments as ex
+    from golf_core import stats
+
+    summary = ex.summary_table(specs)
+    table = _with_flops_references(summary, specs)
+    frames = []
+    for claim in scale_claims(summary["label"]):
+        pairs = stats.paired_differences(table, claim)
+        if pairs.empty:
+            continue
+        res = stats.decide(pairs, claim)
+        frames.append(pairs[["seed", "a", "b", "diff"]].assign(
+            claim=claim.name, metric=claim.metric, budget=claim.budget, n=res["n"],
+            mean=res["diff"], ci_low=res["ci_low"], ci_high=res["ci_high"],
+            delta=claim.delta, verdict=res["verdict"]))
+    cols = ["claim", "metric", "budget", "seed", "a", "b", "diff", "n", "mean", "ci_low",
+            "ci_high", "delta", "verdict"]
+    return pd.concat(frames, ignore_index=True)[cols] if frames else pd.DataFrame(columns=cols)
+
+
+def spread_by_eval(specs: Sequence[Any]) -> Any:
+    """The pilot question, from the runs' own validation curves: per val_bpb claim and per
+    evaluation (k-th of each run: the same fraction of its budget, equal-FLOPs arms included),
+    the paired differences' n, mean, sd and 95% half-width. Does the spread shrink with
+    training, and by how much?"""
+    import pandas as pd
+
+    from golf_core import experiments as ex
+    from golf_core import stats
+
+    curves = ex.curves(specs).query("kind == 'val' and step > 0").sort_values("step")
+    curves = curves.assign(k=curves.groupby("name").cumcount() + 1)
+    budget = {s.name: s.budget for s in specs}
+    refs = {s.match for s in specs if s.budget == "flops"}
+    rows = []
+    for k, at in curves.groupby("k"):
+        steps = at.groupby("label")["step"].first()
+        tab = at.assign(budget=at["name"].map(budget))[["label", "seed", "budget", "val_bpb",
+                                                        "step"]]
+        tab = pd.concat([tab, tab[tab["label"].isin(refs) & (tab["budget"] == "steps")]
+                         .assign(budget="flops")], ignore_index=True)
+        for claim in scale_claims(tab["label"]):
+            if claim.metric != "val_bpb":
+                continue
+            res = stats.decide(stats.paired_differences(tab, claim), claim)
+            if res["n"]:
+                rows.append({"claim": claim.name, "eval": int(k),
+                             "step_a": int(steps.get(claim.arm_a, -1)), "n": res["n"],
+                             "diff": res["diff"], "sd": res["sd"],
+                             "half_width": res["half_width"], "verdict": res["verdict"]})
+    return pd.DataFrame(rows)
+
+
 def _with_flops_references(summary: Any, specs: Sequence[Any]) -> Any:
     """The summary plus, for each equal-FLOPs comparison, the reference arm's runs again
     under budget "flops" (its own steps are the FLOPs budget the others were matched to)."""
@@ -394,7 +558,8 @@ def _quant_row(specs: Sequence[Any]) -> list[str]:
         errors = ex.recurrence_error_table(specs[:1], bits=6).assign(seed=specs[0].seed)
     growth = ex.error_growth(errors)
     per_bits = growth.groupby("bits")["growth"].agg(["mean", "min", "max", "size"])
-    parts = [f"int{b}: x{r['mean']:.2f} (seeds {r['min']:.2f}-{r['max']:.2f}, n={r['size']})"
+    parts = [f"int{b}: x{r['mean']:.2f} (seeds {r['min']:.2f}-{r['max']:.2f}, "
+             f"n={int(r['size'])})"
              for b, r in per_bits.sort_index(ascending=False).iterrows()]
     grows = bool((per_bits["min"] > 1).all())
     return ["quantization error grows through the repeats", "PR #363",

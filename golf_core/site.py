@@ -144,7 +144,7 @@ def writeup_sections(executed: Path | None) -> dict[str, Any]:
     """What the index quotes from the executed writeup: `scale` (HTML of its scale
     paragraph), `hardware` (the hardware table's HTML) and `findings` (rows of the findings
     table); empty where the writeup has not run."""
-    out: dict[str, Any] = {"scale": "", "hardware": "", "findings": []}
+    out: dict[str, Any] = {"scale": "", "hardware": "", "findings": [], "study": []}
     if executed is None or not executed.is_file():
         return out
     import nbformat
@@ -156,9 +156,10 @@ def writeup_sections(executed: Path | None) -> dict[str, Any]:
             out["scale"] = markdown2html(_text(o, "text/markdown"))
         elif "text/html" in o.get("data", {}):
             out["hardware"] = _text(o, "text/html")
-    for o in _cell_outputs(nb, "report.findings("):
-        if "text/markdown" in o.get("data", {}):
-            out["findings"] = markdown_rows(_text(o, "text/markdown"))
+    for key, needle in (("findings", "report.findings("), ("study", "report.study_findings(")):
+        for o in _cell_outputs(nb, needle):
+            if "text/markdown" in o.get("data", {}):
+                out[key] = markdown_rows(_text(o, "text/markdown"))
     return out
 
 
@@ -175,8 +176,11 @@ def _verdict_class(verdict: str) -> str:
                                                  "descriptive")) else ""
 
 
-def _findings_html(rows: list[dict[str, str]], pages: Mapping[str, Path]) -> str:
+def _findings_html(rows: list[dict[str, str]], pages: Mapping[str, Path], *,
+                   what: str = "") -> str:
     if not rows:
+        if what:
+            return f"<p class='golf-muted'>No finding yet from {html.escape(what)}.</p>"
         return ("<p class='golf-muted'>The findings table comes from the writeup "
                 "(notebooks/99_report.ipynb), which has not run at this scale yet.</p>")
     body = []
@@ -246,7 +250,12 @@ class="golf-nav-scale">{html.escape(scale)} scale</span></nav>
 {lead}
 <h2>Scale and hardware</h2>
 {scale_html}
-<h2>Findings</h2>
+<h2>Findings at the study scale</h2>
+<p>Five paired seeds per arm, equal training FLOPs where the published claim was made at equal
+wallclock, every run's small outputs committed under <code>results/study/</code>
+(<code>make study</code> retrains them); the page <em>The study</em> has the figures.</p>
+{_findings_html(quoted["study"], pages, what="the study (results/study/)")}
+<h2>Findings at the {html.escape(scale)} scale (this run)</h2>
 {_findings_html(quoted["findings"], pages)}
 <h2>Notebooks</h2>
 {_notebooks_html(pages, times, titles)}

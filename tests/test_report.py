@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -24,6 +25,7 @@ FIGURES = {
     "05_quantization_recurrence": ["recurrence_error", "roundtrip_gap"],
     "06_test_time_depth": ["test_time_depth"],
 }
+STUDY = Path(__file__).resolve().parent.parent / "results" / "study"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -295,3 +297,21 @@ def test_the_reproduce_command_carries_the_gpu_arguments():
                                     nproc=8) == ('make report REPORT_SCALE=gpu REPORT_ARGS='
                                                  '"--data-path /d --tokenizer-path /t.model '
                                                  '--nproc 8"')
+
+
+@pytest.mark.slow
+def test_the_index_states_the_committed_studys_verdicts_with_their_intervals(ci_report):
+    """notebooks/08_study.ipynb and the index read results/study/ (copied into the test's
+    root as a checkout has it) without retraining: one row per decided claim."""
+    root, proc = ci_report
+    assert proc.returncode == 0
+    if not any(STUDY.glob("*/summary.json")):
+        pytest.skip(f"no committed study under {STUDY}")
+    index = (root / "report" / "index.html").read_text()
+    head, _, rest = index.partition("Findings at the study scale")
+    study_part = rest.partition("Findings at the ci scale")[0]
+    assert "<table class='golf-findings'>" in study_part
+    assert "[3x3-vs-2x5/flops]" in study_part and "95% CI" in index
+    page = (root / "report" / "08_study.html").read_text()
+    assert "study runs finished" in page and "Verdict rule." in page
+    assert (root / "figures" / "study_claims.svg").is_file()
