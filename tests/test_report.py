@@ -92,13 +92,17 @@ def test_the_index_states_the_findings_wall_times_and_the_command_and_links_ever
                          r'href="style.css")', page), link
         assert "<svg" in page or link == "00_prepare_data.html", link
     assert (root / "report" / "style.css").stat().st_size > 500
-    table = index[index.index("class='golf-findings'"):]
+    ours = index[index.index("Findings at the ci scale"):]  # after the study's table
+    table = ours[ours.index("class='golf-findings'"):]
     table = table[:table.index("</table>")]
     findings = re.findall(r"<tr><td><a href='([^']+)'>[^<]+</a></td>", table)
-    from golf_core import stats
-
-    # one line per claim (the paired ones and three descriptive), each linked to its notebook
-    assert len(findings) == len(stats.CLAIMS) + 3 and set(findings) <= pages
+    # one line per claim the ci matrix can pair (equal FLOPs, or both arms at equal steps)
+    # and three descriptive ones, each linked to its notebook
+    specs = experiments.run_matrix("ci")
+    steps = {s.label for s in specs if s.budget == "steps"}
+    paired = [c for c in report.scale_claims({s.label for s in specs})
+              if c.budget == "flops" or {c.arm_a, c.arm_b, *(c.minus or ())} <= steps]
+    assert len(findings) == len(paired) + 3 and set(findings) <= pages
     for name in report.NOTEBOOKS:
         assert re.search(rf"notebooks/{name}\.ipynb</code></td><td class='num'>\d+ s<", index)
     assert "make report REPORT_SCALE=ci" in index
@@ -192,8 +196,9 @@ def test_run_names_are_deterministic_and_change_with_the_settings(golf_root):
 
 def test_every_group_has_runs_and_groups_select_them(golf_root):
     specs = experiments.run_matrix("cpu")
-    for group in experiments.GROUPS:
-        assert experiments.select(specs, group=group)
+    for group in experiments.GROUPS:  # the 2x2 ("stack") runs at the study scale only
+        assert experiments.select(specs if group != "stack" else
+                                  experiments.run_matrix("study"), group=group)
     flat = experiments.run_matrix("cpu", groups="flat_vs_looped")
     assert {s.label for s in flat} == {"pr363-flat", "pr363-3x3", "pr363-2x5"}
     assert {s.seed for s in flat} == set(experiments.SCALES["cpu"]["seeds"])
