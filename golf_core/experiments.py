@@ -130,7 +130,7 @@ _NARROW_FAMILY = {"pr325": {"rope_dims": 4}, "pr1204": {"rope_dims": 4}}
 SCALES: dict[str, dict[str, Any]] = {
     "cpu": dict(
         train_scale="cpu",
-        seeds=SEEDS[:3],
+        seeds=SEEDS,
         common={
             # width 64 keeps the 11-15 virtual layers of the published models inside the
             # ~15-minute budget of the whole report on 2 cores (compute ~ depth * width^2);
@@ -220,7 +220,7 @@ class RunSpec:
     def run_dir(self) -> Path:
         """runs_root(scale) / name. In a committed folder (results/study/) a finished run
         whose settings hash differs (a config field added since) is still this run: the one
-        finished `<scale>-<key>-s<seed>-*` directory there (`config_drift` says what moved)."""
+        finished `<scale>-<key>-s<seed>-*` directory there (its config.json says what ran)."""
         exact = runs_root(self.scale) / self.name
         if exact.exists() or not scale_settings(self.scale).get("runs_root"):
             return exact
@@ -622,11 +622,14 @@ def lane_table(specs: Sequence[RunSpec], upstream_log: str = "", upstream_checkp
     """Final lane routing (physical layer) of our parallel runs, PR #1204's from its log
     (`golf_core.runs.parse_upstream_log`) when `upstream_log` names one, and a checkpoint's
     (any PR #1204 `final_model.pt` / `.int6.ptz`, with the env vars it was trained with) when
-    `upstream_checkpoint` names one: column `source`."""
+    `upstream_checkpoint` names one: column `source`. Runs without checkpoints (committed
+    results) give their final table from routing.json."""
     from golf_core.runs import parse_upstream_log
 
-    hist = routing_history(specs)
-    ours = final_rows(hist["lanes"])
+    if all((s.run_dir / "checkpoints").is_dir() for s in specs):
+        ours = final_rows(routing_history(specs)["lanes"])
+    else:
+        ours = stored_routing(specs, "lanes")
     ours = ours.assign(source=[f"ours: {lab} s{seed}" for lab, seed in
                                zip(ours["label"], ours["seed"])])
     frames = [ours]

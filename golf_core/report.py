@@ -491,14 +491,11 @@ def spread_by_eval(specs: Sequence[Any]) -> Any:
     curves = ex.curves(specs).query("kind == 'val' and step > 0").sort_values("step")
     curves = curves.assign(k=curves.groupby("name").cumcount() + 1)
     budget = {s.name: s.budget for s in specs}
-    refs = {s.match for s in specs if s.budget == "flops"}
     rows = []
     for k, at in curves.groupby("k"):
         steps = at.groupby("label")["step"].first()
-        tab = at.assign(budget=at["name"].map(budget))[["label", "seed", "budget", "val_bpb",
-                                                        "step"]]
-        tab = pd.concat([tab, tab[tab["label"].isin(refs) & (tab["budget"] == "steps")]
-                         .assign(budget="flops")], ignore_index=True)
+        tab = _with_flops_references(at.assign(budget=at["name"].map(budget))[
+            ["label", "seed", "budget", "val_bpb", "step"]], specs)
         for claim in scale_claims(tab["label"]):
             if claim.metric != "val_bpb":
                 continue
@@ -528,24 +525,16 @@ def _paired_row(r: Mapping[str, Any]) -> list[Any]:
         published = f"{arm_a} {r['published_a']:.4f} vs {arm_b} {r['published_b']:.4f}"
     steps = (f"({r['budget']}: {r.get('steps_a', float('nan')):.0f} vs "
              f"{r.get('steps_b', float('nan')):.0f} steps)")
-    if r["claim"] in _INTERACTIONS:  # the means are the two contrasts
-        ours = (f"({arm_a} - {arm_b}) {r['mean_a']:+.4f} vs {_INTERACTIONS[r['claim']]} "
-                f"{r['mean_b']:+.4f} {r['metric']}")
+    if r.get("minus"):  # an interaction: the means are its two contrasts
+        c, d = r["minus"]
+        ours = (f"({arm_a} - {arm_b}) {r['mean_a']:+.4f} vs ({c} - {d}) {r['mean_b']:+.4f} "
+                f"{r['metric']}")
     else:
         ours = f"{arm_a} {r['mean_a']:.4f} vs {arm_b} {r['mean_b']:.4f} {r['metric']} {steps}"
     claim = f"{r['question']} [{r['claim']}]"
     notebook = _CLAIM_NOTEBOOK.get(r["claim"].split("/")[0], "99_report")
     return [claim, r["published_source"], published, ours, r["n"], r["diff"], r["ci_low"],
             r["ci_high"], r["delta"], r["verdict"], notebook]
-
-
-def _interactions() -> dict[str, str]:
-    from golf_core import stats
-
-    return {c.name: f"({c.minus[0]} - {c.minus[1]})" for c in stats.CLAIMS if c.minus}
-
-
-_INTERACTIONS = _interactions()
 
 
 def _quant_row(specs: Sequence[Any]) -> list[str]:
@@ -581,19 +570,9 @@ def _skip_row(specs: Sequence[Any], by: Mapping[str, Any]) -> list[str]:
 
 
 def _lanes_row(specs: Sequence[Any], upstream_log: str) -> list[str]:
-    import pandas as pd
-
     from golf_core import experiments as ex
-    from golf_core.runs import parse_upstream_log
 
-    if all((s.run_dir / "checkpoints").is_dir() for s in specs):
-        lanes = ex.lane_table(specs, upstream_log)
-    else:  # committed results: the final tables only
-        stored = ex.stored_routing(specs, "lanes").assign(source="ours")
-        theirs = (parse_upstream_log(upstream_log)["routing"].assign(source="PR #1204")
-                  if upstream_log else pd.DataFrame())
-        lanes = pd.concat([stored, theirs], ignore_index=True)
-        lanes["layer"] = lanes["physical"].astype(int)
+    lanes = ex.lane_table(specs, upstream_log)
     ours = (lanes[lanes["source"].str.startswith("ours")]  # the seeds' mean per layer
             .groupby("layer", as_index=False).mean(numeric_only=True).sort_values("layer"))
     theirs = lanes[~lanes["source"].str.startswith("ours")].sort_values("layer")

@@ -482,7 +482,8 @@ def findings_table(table: pd.DataFrame, claims: Sequence[Claim] = CLAIMS, *,
                "rule": verdict_rule(claim, alpha)}
         if details:
             row.update(
-                arm_a=claim.arm_a, arm_b=claim.arm_b, direction=claim.direction,
+                arm_a=claim.arm_a, arm_b=claim.arm_b, minus=claim.minus,
+                direction=claim.direction,
                 mean_a=_mean(pairs["a"]), mean_b=_mean(pairs["b"]), sd=res["sd"],
                 ci90_low=res["ci90_low"], ci90_high=res["ci90_high"], p_tost=res["p_tost"],
                 boot_low=res["boot_low"], boot_high=res["boot_high"], seeds=res["seeds"],

@@ -723,17 +723,17 @@ class Trainer:
                             results["final_roundtrip_sliding_window"],
                             {"stride": t.eval_stride, **sizes})
         summary = self.summary(report, results)
-        summary["gaps_by_bits"] = self.precision_gaps()
+        summary["gaps_by_bits"], quant_error = self.precision_gaps()
         if self.rt.is_main:
-            self.save_tables()
+            self.save_tables(quant_error)
             save_json(self.run_dir / SUMMARY, summary)
         return summary
 
-    def precision_gaps(self) -> dict[str, Any]:
+    def precision_gaps(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """`export_gap_bits`: per uniform precision, the bpb after an in-memory roundtrip
         of the final weights (the artifact's codec and float threshold) and its gap to the
-        float model; each one's hidden-state error per virtual layer goes to
-        quant_error.json (families with a layer schedule)."""
+        float model; and each one's hidden-state error per virtual layer (the rows of
+        quant_error.json; none for families without a layer schedule)."""
         from golf_core.quant import (
             dequantize_state_dict,
             dequantized_copy,
@@ -744,7 +744,7 @@ class Trainer:
 
         t, out, rows = self.tcfg, {}, []
         if not t.export_gap_bits:
-            return out
+            return out, rows
         float_model = dequantized_copy(self.model, self.model.state_dict())  # no QAT hooks
         seqs = min(4, (self.data.val_tokens.numel() - 1) // t.train_seq_len)
         batch = self.data.val_tokens[: seqs * t.train_seq_len + 1].to(self.rt.device)
@@ -767,19 +767,19 @@ class Trainer:
                     err = recurrence_error(float_model, qmodel, x, y)
                 rows += err.assign(bits=bits, loss_gap=err.attrs.get("loss_gap")).to_dict(
                     "records")
-        self._quant_error = rows
-        return out
+        return out, rows
 
-    def save_tables(self) -> None:
+    def save_tables(self, quant_error: list[dict[str, Any]]) -> None:
         """routing.json (the final routing tables: what the notebooks plot) and
-        quant_error.json: small files that outlive the checkpoints (results/study/)."""
+        quant_error.json (`precision_gaps`' rows): small files that outlive the checkpoints
+        (results/study/)."""
         from golf_core.analysis import routing_tables
 
         tables = {k: json.loads(v.to_json(orient="records"))
                   for k, v in routing_tables(self.model).items()}
         save_json(self.run_dir / ROUTING, {"step": self.step, "tables": tables})
-        if getattr(self, "_quant_error", None):
-            save_json(self.run_dir / QUANT_ERROR, {"step": self.step, "rows": self._quant_error})
+        if quant_error:
+            save_json(self.run_dir / QUANT_ERROR, {"step": self.step, "rows": quant_error})
 
     def summary(self, report: Mapping[str, Any], results: Mapping[str, Any]) -> dict[str, Any]:
         from golf_core.model import count_parameters
