@@ -4,30 +4,41 @@ Upstream's `GPT` and `Muon` come from ../shared/reference/upstream_baseline_trai
 parameter-golf baseline script), imported as a module; where that file is absent the benchmark
 says so and exits 0 (a user's clone has no ../shared). Both sides train the same baseline
 shape (U-Net GPT, tied embedding) on the same random batch with upstream's optimizer split
-(Adam for the embedding and the control tensors, Muon for the block matrices):
+(Adam for the embedding and the control tensors, Muon for the block matrices).
 
-* ours: `golf_core.model.build_model` + `golf_core.optim.build_optimizers`, dtypes as
-  `autocast=auto` and `muon_ns_dtype=auto` pick them on this machine (golf_core/precision.py);
-* upstream: its `GPT` + `Muon` + `torch.optim.Adam` as its `main()` builds them, timed both in
-  fp32 and under bf16 autocast; the faster of the two is the reference ("upstream at its
-  faster dtype on this CPU").
+Cases, per config:
 
-`--compile blocks` adds a fourth case, ours with each block torch.compile'd (the training
-setting `compile=blocks`); its first step, the compile, is reported apart (`ours_blocks_compile_s`,
-cold or warm as the inductor cache under TORCHINDUCTOR_CACHE_DIR is) and `ratio_blocks` is
-upstream's best over it.
+* `ours`: `golf_core.model.build_model` + `golf_core.optim.build_optimizers`, eager, dtypes as
+  `autocast=auto` and `muon_ns_dtype=auto` pick them for an eager run on this machine
+  (golf_core/precision.py: bf16 autocast only where a block measured faster in it, its
+  attention in fp32 where the bf16 attention kernel measured slower);
+* `ours blocks` (`--compile blocks`, the default of `make bench`): the same with each block
+  torch.compile'd, as `compile=blocks` trains, its dtype picked by the compiled probe;
+* `ours model` (`--compile blocks`): the whole model compiled, as `compile=model` trains;
+* `upstream fp32` / `upstream bf16`: its `GPT` + `Muon` + `torch.optim.Adam` as its `main()`
+  builds them, eager, in fp32 and under bf16 autocast;
+* `upstream compiled fp32` / `upstream compiled bf16` (`--compile blocks`): the same as its
+  `main()` runs them: `torch.compile(model, dynamic=False, fullgraph=True)` and its
+  Newton-Schulz compiled (a second copy of the module, so the eager cases stay eager).
+
+Ratios (upstream's median ms/step over ours): `ratio` = upstream's faster eager dtype over our
+eager step; `ratio_compiled` = upstream's faster compiled dtype over our compiled blocks;
+`ratio_model` = the same over our compiled model; `ratio_best` = the fastest upstream case over
+our fastest. Compile times (the first step) are
+reported apart (`*_compile_s`, cold or warm as the inductor cache under
+TORCHINDUCTOR_CACHE_DIR is).
 
 Every case is warmed up, then timed in rounds (one step of each case per round, the order
-rotating), so load from other processes hits all alike. `ratio` = upstream's best median
-ms/step / ours. MFU uses golf_core/flops.py's FLOPs per token over the measured fp32 matmul
-peak of this CPU (on a GPU, `--device cuda`, its datasheet bf16 peak). Writes
-benchmarks/results/<device-name>_versus.json.
+rotating), so load from other processes hits all alike. MFU uses golf_core/flops.py's FLOPs per
+token over the measured fp32 matmul peak of this CPU (on a GPU, `--device cuda`, its datasheet
+bf16 peak). Writes benchmarks/results/<device-name>_versus.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import importlib.util
 import os
 import statistics
@@ -46,6 +57,7 @@ from golf_core.config import ModelConfig, TrainConfig
 from golf_core.distributed import pick_autocast
 from golf_core.model import build_model
 from golf_core.optim import build_optimizers
+from golf_core.train import apply_compile
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 UPSTREAM_SCRIPT = "upstream_baseline_train_gpt.py"
@@ -85,9 +97,10 @@ class Case:
     """One side of the comparison: a model, its optimizers, a batch and its step times."""
 
     def __init__(self, name: str, model: torch.nn.Module, optimizers: list,
-                 dtype: torch.dtype | None, x: torch.Tensor, y: torch.Tensor) -> None:
+                 dtype: torch.dtype | None, x: torch.Tensor, y: torch.Tensor,
+                 attention_fp32: bool = False) -> None:
         self.name, self.model, self.optimizers, self.dtype = name, model, optimizers, dtype
-        self.x, self.y = x, y
+        self.x, self.y, self.attention_fp32 = x, y, attention_fp32
         self.times: list[float] = []
 
     def step(self) -> float:
@@ -96,7 +109,7 @@ class Case:
         t0 = time.perf_counter()
         cast = (torch.autocast(device.type, dtype=self.dtype) if self.dtype is not None
                 else contextlib.nullcontext())
-        with cast:
+        with cast, precision.attention_fp32(self.attention_fp32):
             loss = self.model(self.x, self.y)
         loss.backward()
         for opt in self.optimizers:
@@ -107,11 +120,16 @@ class Case:
 
 
 def ours(cfg: ModelConfig, tcfg: TrainConfig, x, y) -> Case:
+    """Our model and optimizers as golf_core.train builds them for `tcfg` (its `compile`
+    decides whether the dtype probe runs compiled; the compiling itself is `compiled_blocks`)."""
     torch.manual_seed(0)
     model = build_model(cfg).to(x.device)
     shape = precision.ProbeShape.of(cfg, tcfg, x.numel())
-    dtype, _ = pick_autocast(x.device, tcfg.autocast, shape)
-    return Case("ours", model, build_optimizers(model, tcfg), dtype, x, y)
+    dtype, why = pick_autocast(x.device, tcfg.autocast, shape)
+    case = Case("ours", model, build_optimizers(model, tcfg), dtype, x, y,
+                attention_fp32=precision.cpu_attention_fp32())
+    case.why = why
+    return case
 
 
 def upstream_case(up: ModuleType, cfg: ModelConfig, tcfg: TrainConfig, dtype, x, y) -> Case:
@@ -145,6 +163,17 @@ def upstream_case(up: ModuleType, cfg: ModelConfig, tcfg: TrainConfig, dtype, x,
     return Case(name, model, opts, dtype, x, y)
 
 
+def upstream_compiled(up: ModuleType, cfg: ModelConfig, tcfg: TrainConfig, dtype, x, y
+                      ) -> tuple[Case, float]:
+    """`upstream_case` compiled as upstream's main() does it (`up` must be a module copy
+    whose Newton-Schulz was compiled, see `compare`), and its first step's seconds."""
+    case = upstream_case(up, cfg, tcfg, dtype, x, y)
+    case.name = case.name.replace("upstream", "upstream compiled")
+    case.model = torch.compile(case.model, dynamic=False, fullgraph=True)
+    first = case.step()
+    return case, first
+
+
 def rounds(cases: list[Case], warmup: int, repeat: int) -> None:
     for case in cases:
         for _ in range(warmup):
@@ -162,12 +191,24 @@ def compiled_blocks(case: Case) -> tuple[Case, float]:
     for block in case.model.blocks:
         block.compile()
     first = case.step()
-    case.times.clear()
     return case, first
 
 
-def compare(up: ModuleType, name: str, spec: dict, warmup: int, repeat: int,
-            peak: float, device: torch.device, compile_blocks: bool = False) -> dict:
+def compiled_model(case: Case) -> tuple[Case, float]:
+    """`case` with its whole model compiled (`compile=model` of golf_core.train) and the
+    seconds its first step took."""
+    case.name = "ours model"
+    case.model = apply_compile(case.model, "model")
+    first = case.step()
+    return case, first
+
+
+def compare(up: ModuleType | Callable[[], ModuleType], name: str, spec: dict, warmup: int,
+            repeat: int, peak: float, device: torch.device, compile_blocks: bool = False) -> dict:
+    """One config's row. `up` is the upstream module, or (with `compile_blocks`) a loader that
+    returns a fresh copy of it each call, so the compiled cases get their own compiled
+    Newton-Schulz."""
+    load = up if callable(up) and not isinstance(up, ModuleType) else (lambda: up)
     seq = spec.get("seq_len", SEQ_LEN)
     cfg = model_config(spec["num_layers"], spec["model_dim"], spec.get("num_heads", 4),
                        spec.get("num_kv_heads", 2))
@@ -177,31 +218,71 @@ def compare(up: ModuleType, name: str, spec: dict, warmup: int, repeat: int,
     shape = (spec["tokens"] // seq, seq)
     x = torch.randint(0, cfg.vocab_size, shape, generator=gen).to(device)
     y = torch.randint(0, cfg.vocab_size, shape, generator=gen).to(device)
+    eager_up = load()
     cases = [ours(cfg, tcfg, x, y),
-             upstream_case(up, cfg, tcfg, None, x, y),
-             upstream_case(up, cfg, tcfg, torch.bfloat16, x, y)]
-    extra: dict = {}
+             upstream_case(eager_up, cfg, tcfg, None, x, y),
+             upstream_case(eager_up, cfg, tcfg, torch.bfloat16, x, y)]
+    first: dict[str, float] = {}
     if compile_blocks:
-        blocks, extra["ours_blocks_compile_s"] = compiled_blocks(ours(cfg, tcfg, x, y))
-        cases.append(blocks)
+        blocks, first["ours blocks"] = compiled_blocks(
+            ours(cfg, dataclasses.replace(tcfg, compile="blocks"), x, y))
+        whole, first["ours model"] = compiled_model(
+            ours(cfg, dataclasses.replace(tcfg, compile="model"), x, y))
+        cases += [blocks, whole]
+        compiled_up = load()
+        compiled_up.zeropower_via_newtonschulz5 = torch.compile(
+            compiled_up.zeropower_via_newtonschulz5)
+        for dtype in (None, torch.bfloat16):
+            case, s = upstream_compiled(compiled_up, cfg, tcfg, dtype, x, y)
+            cases.append(case)
+            first[case.name] = s
     rounds(cases, warmup, repeat)
     med = {c.name: 1000.0 * statistics.median(c.times) for c in cases}
-    best_up = min(("upstream fp32", "upstream bf16"), key=med.get)
+    by_name = {c.name: c for c in cases}
+    ups = [n for n in med if n.startswith("upstream")]
+    best_eager = min(("upstream fp32", "upstream bf16"), key=med.get)
     flops = matmul_flops_per_token(cases[0].model, seq)
-    tok_s = spec["tokens"] / (med["ours"] / 1000.0)
-    return {
+
+    def dtype_of(case: Case) -> str:
+        if case.dtype is None:
+            return "fp32"
+        return "bf16, fp32 attention" if case.attention_fp32 else "bf16"
+
+    row = {
         "config": name, **spec, "seq_len": seq, "device": str(device),
-        "ours_ms": med["ours"], "ours_dtype": "bf16" if cases[0].dtype else "fp32",
+        "ours_ms": med["ours"], "ours_dtype": dtype_of(cases[0]),
+        "ours_dtype_why": cases[0].why,
         "ours_ns_dtype": str(cases[0].optimizers[-2].ns_dtype).removeprefix("torch."),
         "upstream_fp32_ms": med["upstream fp32"], "upstream_bf16_ms": med["upstream bf16"],
-        "upstream_best": best_up.split()[1], "ratio": med[best_up] / med["ours"],
-        "ours_tokens_per_s": tok_s,
-        "upstream_tokens_per_s": spec["tokens"] / (med[best_up] / 1000.0),
-        "flops_per_token": flops, "ours_mfu": flops * tok_s / peak,
-        **({"ours_blocks_ms": med["ours blocks"], "ratio_blocks": med[best_up] / med["ours blocks"],
-            **extra} if compile_blocks else {}),
-        "samples_ms": {c.name: [1000.0 * t for t in c.times] for c in cases},
+        "upstream_best": best_eager.split()[1], "ratio": med[best_eager] / med["ours"],
+        "ours_tokens_per_s": spec["tokens"] / (med["ours"] / 1000.0),
+        "upstream_tokens_per_s": spec["tokens"] / (med[best_eager] / 1000.0),
+        "flops_per_token": flops, "ours_mfu": flops * spec["tokens"] / (med["ours"] / 1e3) / peak,
     }
+    if compile_blocks:
+        b = by_name["ours blocks"]
+        best_comp = min(("upstream compiled fp32", "upstream compiled bf16"), key=med.get)
+        best_up = min(ups, key=med.get)
+        best_ours = min(("ours", "ours blocks", "ours model"), key=med.get)
+        m = by_name["ours model"]
+        row.update({
+            "ours_blocks_ms": med["ours blocks"], "ours_blocks_dtype": dtype_of(b),
+            "ours_blocks_dtype_why": b.why,
+            "ours_blocks_compile_s": first["ours blocks"],
+            "ours_model_ms": med["ours model"], "ours_model_dtype": dtype_of(m),
+            "ours_model_compile_s": first["ours model"],
+            "ratio_model": med[best_comp] / med["ours model"],
+            "upstream_compiled_fp32_ms": med["upstream compiled fp32"],
+            "upstream_compiled_bf16_ms": med["upstream compiled bf16"],
+            "upstream_compiled_compile_s": {n: first[n] for n in first if n.startswith("up")},
+            "ratio_compiled": med[best_comp] / med["ours blocks"],
+            "upstream_best_case": best_up, "ours_best_case": best_ours,
+            "ratio_best": med[best_up] / med[best_ours],
+            "ours_blocks_mfu": flops * spec["tokens"] / (med["ours blocks"] / 1e3) / peak,
+            "ours_best_mfu": flops * spec["tokens"] / (med[best_ours] / 1e3) / peak,
+        })
+    row["samples_ms"] = {c.name: [1000.0 * t for t in c.times] for c in cases}
+    return row
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -216,7 +297,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="folder holding upstream_baseline_train_gpt.py")
     p.add_argument("--compile", default="none", choices=["none", "blocks"],
                    help="blocks: also time ours with each block torch.compile'd (golf_core.train's "
-                   "compile=blocks); its first step (the compile) is reported apart")
+                   "compile=blocks) and upstream compiled as its main() compiles it; first steps "
+                   "(the compiles) are reported apart")
     p.add_argument("--out", default="", help="JSON path (default results/<cpu>_versus.json)")
     return p
 
@@ -248,20 +330,30 @@ def main(argv: list[str] | None = None, echo: Callable[[str], None] = print) -> 
     echo(f"# {info['cpu']} | torch {info['torch']} | {info['torch_threads']} threads | load "
          f"{load_before[0]:.2f} | MFU peak {peak / 1e9:.1f} GFLOP/s")
     rows = []
+    compiled = args.compile == "blocks"
+    loader = (lambda: load_upstream(Path(args.reference))) if compiled else up
     for name in names:
-        rows.append(compare(up, name, CONFIGS[name], args.warmup, args.repeat, peak, device,
-                            compile_blocks=args.compile == "blocks"))
+        # every config compiles the same block code again at its own shapes: start each with
+        # dynamo's caches empty, or its recompile limit (8) sends later configs to eager
+        torch._dynamo.reset()
+        rows.append(compare(loader, name, CONFIGS[name], args.warmup, args.repeat, peak, device,
+                            compile_blocks=compiled))
         r = rows[-1]
         r["probes"] = precision.probes()
         echo(f"  {name}: ours {r['ours_ms']:.1f} ms ({r['ours_dtype']}, NS {r['ours_ns_dtype']})"
              f" | upstream fp32 {r['upstream_fp32_ms']:.1f} / bf16 {r['upstream_bf16_ms']:.1f}"
              f" ms | ratio {r['ratio']:.2f}x" + (
-                 f" | ours blocks {r['ours_blocks_ms']:.1f} ms, ratio {r['ratio_blocks']:.2f}x"
-                 f" (compile {r['ours_blocks_compile_s']:.1f} s)" if "ratio_blocks" in r else ""))
-    blocks = ["ours_blocks_ms", "ratio_blocks", "ours_blocks_compile_s"]
+                 f" | ours blocks {r['ours_blocks_ms']:.1f} ms ({r['ours_blocks_dtype']}) vs "
+                 f"upstream compiled {r['upstream_compiled_fp32_ms']:.1f} / "
+                 f"{r['upstream_compiled_bf16_ms']:.1f} ms: {r['ratio_compiled']:.2f}x | ours "
+                 f"model {r['ours_model_ms']:.1f} ms: {r['ratio_model']:.2f}x | best "
+                 f"{r['ratio_best']:.2f}x" if compiled else ""))
+    blocks = ["ours_blocks_ms", "ours_blocks_dtype", "ours_model_ms",
+              "upstream_compiled_fp32_ms", "upstream_compiled_bf16_ms", "ratio_compiled",
+              "ratio_model", "ratio_best", "ours_best_mfu"]
     echo("\n" + _table(rows, ["config", "ours_ms", "ours_dtype", "ours_ns_dtype",
                               "upstream_fp32_ms", "upstream_bf16_ms", "ratio",
-                              *(blocks if args.compile == "blocks" else []),
+                              *(blocks if compiled else []),
                               "ours_tokens_per_s", "ours_mfu"]))
     slug = "".join(c if c.isalnum() else "-" for c in info["device_name"]).strip("-")[:40]
     out = Path(args.out) if args.out else RESULTS / f"{slug}_versus.json"

@@ -164,6 +164,10 @@ SCALES: dict[str, dict[str, Any]] = {
             "train_log_every": 25, "val_max_tokens": 32_768,
             "export_scheme": "int6", "export_gap_bits": (8, 6, 5),
             "compile": "blocks", "keep_checkpoints": 1,
+            # every committed run trained in fp32 (what the probes picked for them); a later
+            # seed must too, or its pair would differ in dtype: the compiled block probe at
+            # d=64 sits near the bf16 threshold (1.0-1.04x on the Intel Xeon, 2026-12-01)
+            "autocast": "none", "muon_ns_dtype": "fp32",
         },
         family_common=_NARROW_FAMILY,
         checkpoints=0,  # routing.json holds the final tables; no history at this scale

@@ -8,8 +8,15 @@ even with native bf16, at the report's small widths the casts autocast adds and 
 attention kernel (2.5x slower in bf16 at head_dim 16 here) can outweigh the faster matmuls. So
 `auto` never assumes. It times what the run will do:
 
+* attention: the causal attention kernel forward + backward at the run's batch, heads, length
+  and head dim, in fp32 and bf16. Where bf16 is not faster, attention under CPU autocast runs in
+  fp32 (`cpu_attention_fp32`, read by golf_core.model.layers.causal_attention): the matmuls
+  keep bf16's speed, the attention kernel keeps fp32's;
 * autocast: one transformer block (golf_core.model.layers.Block) forward + backward at the
-  run's width, heads and micro-batch, in fp32 and under bf16 autocast;
+  run's width, heads and micro-batch, in fp32 and under bf16 autocast (its attention as the
+  attention probe decided). A run that compiles its blocks probes the block compiled, since
+  compiling fuses the casts bf16 adds into the neighbouring kernels and so changes the answer
+  (measured: 4 x 128, 2,048 tokens, eager 200 vs 200 ms/step, compiled 208 fp32 vs 171 bf16);
 * Newton-Schulz: `newton_schulz5_batched` over one block's matrix shapes, in fp32 and bf16.
 
 Each probe takes tens of milliseconds (it stops early once one side is clearly slower), is
@@ -46,6 +53,7 @@ class ProbeShape:
     mlp_mult: int = 2
     seq_len: int = 256
     tokens: int = 2048  # one forward's tokens (capped at MAX_PROBE_TOKENS)
+    compiled: bool = False  # the run torch.compiles its blocks (or model): probe compiled
 
     @classmethod
     def of(cls, mcfg: ModelConfig, tcfg: TrainConfig, local_tokens: int | None = None
@@ -53,21 +61,55 @@ class ProbeShape:
         tokens = local_tokens or min(tcfg.train_batch_tokens, tcfg.micro_batch_tokens)
         seq = max(1, min(tcfg.train_seq_len, tokens))
         return cls(mcfg.model_dim, mcfg.num_heads, mcfg.num_kv_heads, int(mcfg.mlp_mult), seq,
-                   min(MAX_PROBE_TOKENS, max(seq, tokens - tokens % seq)))
+                   min(MAX_PROBE_TOKENS, max(seq, tokens - tokens % seq)),
+                   compiled=_compiles_on_cpu(tcfg))
 
 
 MAX_PROBE_TOKENS = 8192
+
+
+def _compiles_on_cpu(tcfg: TrainConfig) -> bool:
+    """Whether golf_core.train compiles this run's blocks (or model) on CPU: compile
+    blocks/model, or auto with a run long enough (train.resolve_compile)."""
+    from golf_core.train import AUTO_COMPILE_MIN_STEPS, compile_mode_name
+
+    mode = compile_mode_name(tcfg.compile)
+    return mode in ("blocks", "model") or (
+        mode == "auto" and tcfg.iterations >= AUTO_COMPILE_MIN_STEPS)
+
+
+# Where the bf16 CPU attention kernel is the slower one (the attention probe), attention under
+# CPU autocast computes in fp32. A module global (one process trains one run; dynamo guards
+# on it, so a compiled block recompiles if it flips), set by `pick_autocast`.
+_CPU_ATTENTION_FP32 = False
+
+
+def cpu_attention_fp32() -> bool:
+    """Whether attention under CPU autocast runs in fp32 (see `pick_autocast`)."""
+    return _CPU_ATTENTION_FP32
+
+
+@contextlib.contextmanager
+def attention_fp32(enabled: bool):
+    """`cpu_attention_fp32()` is `enabled` inside the block (the probes; tests)."""
+    global _CPU_ATTENTION_FP32
+    before, _CPU_ATTENTION_FP32 = _CPU_ATTENTION_FP32, enabled
+    try:
+        yield
+    finally:
+        _CPU_ATTENTION_FP32 = before
 
 
 @dataclass(frozen=True)
 class Probe:
     """Best-of-N milliseconds of one operation in fp32 and in bf16, and the verdict."""
 
-    what: str  # "block forward+backward" | "newton-schulz"
+    what: str  # "attention forward+backward" | "block forward+backward" | "newton-schulz"
     fp32_ms: float
     bf16_ms: float
     threads: int
     shape: ProbeShape
+    setup_s: float = 0.0  # what the probe spent before timing (the compiles, when compiled)
 
     @property
     def bf16_speedup(self) -> float:
@@ -79,7 +121,8 @@ class Probe:
 
     def describe(self) -> str:
         s = self.shape
-        return (f"measured {self.what} at d={s.model_dim} tokens={s.tokens}: fp32 "
+        return (f"measured {self.what}{' compiled' if s.compiled else ''} at d={s.model_dim} "
+                f"tokens={s.tokens}: fp32 "
                 f"{self.fp32_ms:.2f} ms, bf16 {self.bf16_ms:.2f} ms ({self.bf16_speedup:.2f}x; "
                 f"bf16 needs >= {BF16_MIN_SPEEDUP}x), {self.threads} threads")
 
@@ -110,7 +153,32 @@ PROBE_ROUNDS, MIN_ROUNDS, BUDGET_S, EMULATED_RATIO = 7, 3, 0.3, 4.0
 
 
 @lru_cache(maxsize=16)
-def _block_probe(shape: ProbeShape, threads: int) -> Probe:
+def _attention_probe(shape: ProbeShape, threads: int) -> Probe:
+    import torch.nn.functional as F
+
+    gen = torch.Generator().manual_seed(0)
+    b, t, dh = shape.tokens // shape.seq_len, shape.seq_len, shape.model_dim // shape.num_heads
+    q32, k32, v32 = (torch.randn(b, h, t, dh, generator=gen) for h in
+                     (shape.num_heads, shape.num_kv_heads, shape.num_kv_heads))
+    g32 = torch.randn(b, shape.num_heads, t, dh, generator=gen)
+    gqa = shape.num_kv_heads != shape.num_heads
+
+    def step(dtype: torch.dtype) -> Callable[[], None]:
+        q, k, v = (a.to(dtype).requires_grad_() for a in (q32, k32, v32))
+        g = g32.to(dtype)
+
+        def run() -> None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+            torch.autograd.grad(y, (q, k, v), g)
+        return run
+
+    fp32, bf16 = _pair(step(torch.float32), step(torch.bfloat16))
+    return Probe("attention forward+backward", fp32, bf16, threads,
+                 dataclasses.replace(shape, compiled=False))
+
+
+@lru_cache(maxsize=16)
+def _block_probe(shape: ProbeShape, threads: int, attention_in_fp32: bool) -> Probe:
     from golf_core.model.layers import Block
 
     cfg = ModelConfig(model_dim=shape.model_dim, num_heads=shape.num_heads,
@@ -122,17 +190,24 @@ def _block_probe(shape: ProbeShape, threads: int) -> Probe:
             p.normal_(0.0, 0.05, generator=gen)
     x = torch.randn(shape.tokens // shape.seq_len, shape.seq_len, shape.model_dim,
                     generator=gen, requires_grad=True)
+    forward = torch.compile(block, dynamic=False) if shape.compiled else block
 
     def step(cast: contextlib.AbstractContextManager) -> None:
-        with cast:
-            y = block(x, x)
+        with cast, attention_fp32(attention_in_fp32):
+            y = forward(x, x)
         y.float().square().mean().backward()
         block.zero_grad(set_to_none=True)
         x.grad = None
 
-    fp32, bf16 = _pair(lambda: step(contextlib.nullcontext()),
-                       lambda: step(torch.autocast("cpu", dtype=torch.bfloat16)))
-    return Probe("block forward+backward", fp32, bf16, threads, shape)
+    fp32 = lambda: step(contextlib.nullcontext())  # noqa: E731
+    bf16 = lambda: step(torch.autocast("cpu", dtype=torch.bfloat16))  # noqa: E731
+    setup = 0.0
+    if shape.compiled:  # the two compiles (fp32, bf16) and a settling call, apart from timing
+        t0 = time.perf_counter()
+        fp32(), bf16(), fp32(), bf16()
+        setup = time.perf_counter() - t0
+    fp32_ms, bf16_ms = _pair(fp32, bf16)
+    return Probe("block forward+backward", fp32_ms, bf16_ms, threads, shape, setup)
 
 
 @lru_cache(maxsize=16)
@@ -153,9 +228,19 @@ _adopted: dict[str, Probe] = {}  # kind -> rank 0's probe, in a multi-process ru
 _measured: dict[str, Probe] = {}  # kind -> the probe this process used last
 
 
-def block_probe(shape: ProbeShape) -> Probe:
-    """fp32 vs bf16-autocast time of one block at `shape` (cached; or rank 0's, adopted)."""
-    p = _adopted.get("autocast") or _block_probe(shape, torch.get_num_threads())
+def attention_probe(shape: ProbeShape) -> Probe:
+    """fp32 vs bf16 time of the attention kernel at `shape` (cached; or rank 0's, adopted)."""
+    p = _adopted.get("attention") or _attention_probe(
+        dataclasses.replace(shape, compiled=False), torch.get_num_threads())
+    _measured["attention"] = p
+    return p
+
+
+def block_probe(shape: ProbeShape, attention_in_fp32: bool = False) -> Probe:
+    """fp32 vs bf16-autocast time of one block at `shape`, its attention under autocast in
+    fp32 if `attention_in_fp32` (cached; or rank 0's, adopted)."""
+    p = _adopted.get("autocast") or _block_probe(shape, torch.get_num_threads(),
+                                                 attention_in_fp32)
     _measured["autocast"] = p
     return p
 
@@ -170,8 +255,8 @@ def ns_probe(shape: ProbeShape) -> Probe:
 
 
 def adopt(kind: str, result: Probe | None) -> None:
-    """Make `result` what the `kind` ("autocast" | "muon_ns_dtype") probe returns in this
-    process (None: measure again)."""
+    """Make `result` what the `kind` ("attention" | "autocast" | "muon_ns_dtype") probe
+    returns in this process (None: measure again)."""
     if result is None:
         _adopted.pop(kind, None)
     else:
@@ -190,18 +275,29 @@ NS_DTYPES = ("auto", "bf16", "fp32")
 def pick_autocast(device: torch.device, preference: str, shape: ProbeShape | None = None
                   ) -> tuple[torch.dtype | None, str]:
     """bf16 autocast on CUDA (upstream); on CPU `auto` is bf16 only where the block probe
-    measured bf16 faster than fp32 at this run's shape."""
+    measured bf16 faster than fp32 at this run's shape, and then with its attention in fp32
+    where the attention probe measured the bf16 kernel no faster. Sets `cpu_attention_fp32`
+    for this process accordingly (False for every other choice: autocast=bf16 is upstream's
+    all-bf16 autocast)."""
+    global _CPU_ATTENTION_FP32
     if preference not in AUTOCAST_CHOICES:
         raise ConfigError(f"autocast: {preference!r} is not one of {', '.join(AUTOCAST_CHOICES)}")
+    _CPU_ATTENTION_FP32 = False
     if preference == "none":
         return None, "autocast=none requested: fp32"
     if preference == "bf16":
         return torch.bfloat16, "autocast=bf16 requested"
     if device.type == "cuda":
         return torch.bfloat16, "auto on CUDA: bf16 autocast (upstream)"
-    p = block_probe(shape or ProbeShape())
-    return (torch.bfloat16, f"auto on CPU: bf16 autocast ({p.describe()})") if p.bf16_faster \
-        else (None, f"auto on CPU: fp32 ({p.describe()})")
+    shape = shape or ProbeShape()
+    a = attention_probe(shape)
+    p = block_probe(shape, attention_in_fp32=not a.bf16_faster)
+    if not p.bf16_faster:
+        return None, f"auto on CPU: fp32 ({p.describe()}; {a.describe()})"
+    _CPU_ATTENTION_FP32 = not a.bf16_faster
+    return torch.bfloat16, (f"auto on CPU: bf16 autocast, attention in "
+                            f"{'fp32' if _CPU_ATTENTION_FP32 else 'bf16'} ({p.describe()}; "
+                            f"{a.describe()})")
 
 
 def pick_ns_dtype(preference: str, device: torch.device, shape: ProbeShape | None = None

@@ -195,3 +195,37 @@ def test_the_gpu_check_runs_end_to_end_as_a_cpu_dry_run(tmp_path):
     assert all(s["rc"] == 0 for s in report["steps"]), report["steps"]
     assert report["train_summary"]["steps"] == 2 and report["train_summary"]["mfu"] > 0
     assert report["versus"]["rows"][0]["ratio"] > 0
+
+
+# ----------------------------------------------------------------------------- side by side
+
+def _upstream_or_skip():
+    from benchmarks import versus
+
+    up = versus.load_upstream()
+    if up is None:
+        pytest.skip(f"no {versus.REFERENCE / versus.UPSTREAM_SCRIPT}: the side-by-side needs "
+                    "../shared/reference beside the checkout")
+    return versus, up
+
+
+def test_the_side_by_side_times_both_codes_on_one_batch_and_names_our_dtypes():
+    versus, up = _upstream_or_skip()
+    spec = dict(num_layers=2, model_dim=32, tokens=64, seq_len=32, num_heads=2, num_kv_heads=1)
+    row = versus.compare(up, "tiny", spec, warmup=1, repeat=2, peak=1e9,
+                         device=torch.device("cpu"))
+    assert {"upstream fp32", "upstream bf16", "ours"} == set(row["samples_ms"])
+    assert all(len(v) == 2 for v in row["samples_ms"].values())
+    best = min(row["upstream_fp32_ms"], row["upstream_bf16_ms"])
+    assert row["ratio"] == pytest.approx(best / row["ours_ms"])
+    assert row["ours_dtype"] in ("fp32", "bf16", "bf16, fp32 attention")
+    assert row["ours_dtype_why"].startswith("auto on CPU")  # what the probe measured, said
+
+
+def test_the_side_by_side_without_the_upstream_script_skips_and_says_so(tmp_path):
+    from benchmarks import versus
+
+    lines: list[str] = []
+    assert versus.main(["--reference", str(tmp_path)], echo=lines.append) == 0
+    assert lines and lines[0].startswith("skipped:")
+    assert "upstream_baseline_train_gpt.py" in lines[0]

@@ -3,6 +3,8 @@ Newton-Schulz dtype and on 3-D banks."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -17,13 +19,15 @@ CPU = torch.device("cpu")
 @pytest.fixture
 def measured():
     """Install probe results (fast or slow bf16) for the test, then measure again after."""
-    def install(fp32_ms: float, bf16_ms: float) -> None:
-        for kind in ("autocast", "muon_ns_dtype"):
-            precision.adopt(kind, precision.Probe(kind, fp32_ms, bf16_ms, 1,
-                                                  precision.ProbeShape()))
+    def install(fp32_ms: float, bf16_ms: float, attention: tuple[float, float] | None = None
+                ) -> None:
+        for kind in ("attention", "autocast", "muon_ns_dtype"):
+            f, b = attention if kind == "attention" and attention else (fp32_ms, bf16_ms)
+            precision.adopt(kind, precision.Probe(kind, f, b, 1, precision.ProbeShape()))
     yield install
-    precision.adopt("autocast", None)
-    precision.adopt("muon_ns_dtype", None)
+    for kind in ("attention", "autocast", "muon_ns_dtype"):
+        precision.adopt(kind, None)
+    pick_autocast(CPU, "none")  # leaves cpu_attention_fp32 off
 
 
 def test_auto_picks_bf16_only_where_the_probe_measured_it_faster(measured):
@@ -36,6 +40,65 @@ def test_auto_picks_bf16_only_where_the_probe_measured_it_faster(measured):
     assert precision.pick_ns_dtype("auto", CPU)[0] is torch.float32
     measured(fp32_ms=1.0, bf16_ms=0.95)  # a near tie is not worth the rounding
     assert pick_autocast(CPU, "auto")[0] is None
+
+
+def test_attention_runs_in_fp32_under_autocast_where_its_bf16_kernel_measured_slower(measured):
+    measured(fp32_ms=1.0, bf16_ms=0.5, attention=(1.0, 2.5))  # AMX matmuls, slow bf16 attention
+    dtype, why = pick_autocast(CPU, "auto")
+    assert dtype is torch.bfloat16 and precision.cpu_attention_fp32()
+    assert "attention in fp32" in why and "fp32 1.00 ms, bf16 2.50 ms" in why
+    measured(fp32_ms=1.0, bf16_ms=0.5, attention=(1.0, 0.5))  # bf16 attention faster too
+    assert pick_autocast(CPU, "auto")[0] is torch.bfloat16 and not precision.cpu_attention_fp32()
+    measured(fp32_ms=1.0, bf16_ms=0.5, attention=(1.0, 2.5))
+    pick_autocast(CPU, "auto")
+    assert pick_autocast(CPU, "bf16")[0] is torch.bfloat16  # upstream's all-bf16 autocast
+    assert not precision.cpu_attention_fp32()
+    measured(fp32_ms=1.0, bf16_ms=1.0, attention=(1.0, 2.5))  # fp32 run: no autocast to split
+    assert pick_autocast(CPU, "auto")[0] is None and not precision.cpu_attention_fp32()
+
+
+def test_causal_attention_in_fp32_is_the_fp32_kernel_on_the_same_inputs():
+    from golf_core.model.layers import causal_attention
+
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, h, 16, 8, generator=gen).bfloat16() for h in (4, 2, 2))
+    want = torch.nn.functional.scaled_dot_product_attention(
+        q.float(), k.float(), v.float(), is_causal=True, enable_gqa=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with precision.attention_fp32(True):
+            y = causal_attention(q, k, v)
+        plain = causal_attention(q, k, v)  # the bf16 kernel
+    assert y.dtype is torch.bfloat16 and torch.equal(y, want.bfloat16())
+    assert plain.dtype is torch.bfloat16
+    # without autocast the flag changes nothing: fp32 in, the plain call
+    with precision.attention_fp32(True):
+        assert torch.equal(causal_attention(q.float(), k.float(), v.float()), want)
+
+
+@pytest.mark.parametrize("name", ["unet", "pr54", "pr325", "pr363", "pr363-3x3", "pr1204"])
+def test_every_family_trains_under_autocast_with_fp32_attention(name):
+    from golf_core.model import build_model
+    from golf_core.model.presets import preset
+
+    cfg = preset(name, model_dim=32, num_heads=2, num_kv_heads=1, vocab_size=64)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    x = torch.randint(0, 64, (2, 16))
+    with torch.autocast("cpu", dtype=torch.bfloat16), precision.attention_fp32(True):
+        loss = model(x, x)
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert torch.isfinite(loss) and grads and all(torch.isfinite(g).all() for g in grads)
+
+
+def test_the_probe_shape_says_whether_the_run_compiles():
+    from golf_core.config import ModelConfig, TrainConfig
+
+    m = ModelConfig()
+    of = lambda **kw: precision.ProbeShape.of(m, TrainConfig(**kw)).compiled  # noqa: E731
+    assert of(compile="blocks") and of(compile="model") and of(compile="1")
+    assert not of(compile="none") and not of(compile="auto", iterations=180)
+    assert of(compile="auto", iterations=20000)
 
 
 def test_explicit_choices_ignore_the_probe_and_bad_values_name_the_setting(measured):
@@ -56,7 +119,9 @@ def test_the_probes_time_both_dtypes_at_the_runs_shape_once_per_process():
     assert p.to_dict()["bf16_faster"] == (p.fp32_ms / p.bf16_ms >= precision.BF16_MIN_SPEEDUP)
     ns = precision.ns_probe(shape)
     assert ns.shape.model_dim == 32 and ns.shape.tokens == 0  # widths only
-    assert set(precision.probes()) == {"autocast", "muon_ns_dtype"}
+    a = precision.attention_probe(shape)
+    assert a.fp32_ms > 0 and a.bf16_ms > 0 and precision.attention_probe(shape) is a
+    assert set(precision.probes()) == {"attention", "autocast", "muon_ns_dtype"}
 
 
 def test_the_probe_shape_follows_the_run():
@@ -96,3 +161,14 @@ def test_a_bank_is_updated_as_its_slices_would_be(dtype):
         opt_bank.step()
         opt_slices.step()
     assert torch.equal(bank.detach(), torch.stack([p.detach() for p in slices]))
+
+
+@pytest.mark.slow
+def test_a_compiling_run_probes_its_block_compiled_with_the_compiles_kept_apart():
+    shape = precision.ProbeShape(model_dim=32, num_heads=2, num_kv_heads=1, seq_len=32,
+                                 tokens=64, compiled=True)
+    p = precision.block_probe(shape, attention_in_fp32=True)
+    assert p.shape.compiled and "compiled" in p.describe()
+    assert p.setup_s > 0 and p.fp32_ms > 0 and p.bf16_ms > 0
+    eager = precision.block_probe(dataclasses.replace(shape, compiled=False))
+    assert eager.setup_s == 0 and "compiled" not in eager.describe()

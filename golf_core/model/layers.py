@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from golf_core.config import ModelConfig
+from golf_core.precision import cpu_attention_fp32
 
 # Name substrings of control tensors: Adam (never Muon), fp32 passthrough in the int8 export.
 # The first nine are upstream's CONTROL_TENSOR_NAME_PATTERNS; the lane lambdas keep PR #1204's
@@ -234,6 +235,21 @@ def softcapped_head(x: Tensor, tok_emb: nn.Embedding, lm_head: nn.Module | None,
     return cap * torch.tanh(logits / cap)  # (B, T, V)
 
 
+def causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Causal GQA `F.scaled_dot_product_attention` over (B, heads, T, Dh) q and (B, kv_heads,
+    T, Dh) k, v, as every family's attention calls it. Under CPU autocast it runs in fp32
+    where `golf_core.precision` measured the bf16 CPU kernel slower on this machine
+    (`precision.cpu_attention_fp32`); the result comes back in q's dtype, so what follows
+    sees the same types either way. Elsewhere (fp32, CUDA) it is the plain call."""
+    gqa = k.size(1) != q.size(1)
+    if cpu_attention_fp32() and q.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        with torch.autocast("cpu", enabled=False):
+            y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(),
+                                               is_causal=True, enable_gqa=gqa)
+        return y.to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+
+
 class CausalSelfAttention(nn.Module):
     """GQA attention with per-head RMS-normed q/k, RoPE and a learned per-head query gain."""
 
@@ -264,10 +280,7 @@ class CausalSelfAttention(nn.Module):
         gain = self.q_gain if q_gain is None else q_gain
         q, k = qk.split((H, Hkv), dim=2)
         q = q * gain.to(q.dtype)[None, None, :, None]
-        y = F.scaled_dot_product_attention(
-            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True,
-            enable_gqa=Hkv != H,
-        )  # (B, H, T, Dh)
+        y = causal_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # B,H,T,Dh
         return self.proj(y.transpose(1, 2).reshape(B, T, D))
 
 

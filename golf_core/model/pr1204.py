@@ -68,7 +68,14 @@ from golf_core.model.extras import (
     rope_inv_freq,
     xsa,
 )
-from golf_core.model.layers import CastedLinear, RMSNorm, rms_norm, softcapped_head, zero_init
+from golf_core.model.layers import (
+    CastedLinear,
+    RMSNorm,
+    causal_attention,
+    rms_norm,
+    softcapped_head,
+    zero_init,
+)
 
 FAMILY = "pr1204"
 PR = 1204
@@ -199,10 +206,8 @@ class Attention(nn.Module):
         q = apply_partial_rotary(rms_norm(q), cos, sin)
         q = q * self.q_gain.to(q.dtype)[None, None, :, None]
         k = apply_partial_rotary(rms_norm(k), cos, sin)
-        y = F.scaled_dot_product_attention(
-            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True,
-            enable_gqa=self.num_kv_heads != self.num_heads,
-        ).transpose(1, 2)  # (B, T, H, Dh)
+        y = causal_attention(q.transpose(1, 2), k.transpose(1, 2),
+                             v.transpose(1, 2)).transpose(1, 2)  # (B, T, H, Dh)
         if self.use_xsa:
             y = xsa(y, v)
         return F.linear(y.reshape(B, T, D), o_w)

@@ -62,7 +62,7 @@ from golf_core.model.extras import (
     shift_right,
     xsa,
 )
-from golf_core.model.layers import CastedLinear, rms_norm, zero_init
+from golf_core.model.layers import CastedLinear, causal_attention, rms_norm, zero_init
 
 FAMILY = "pr325"
 PR = 325
@@ -185,7 +185,7 @@ class Attention(nn.Module):
         cos, sin = cos.to(q.dtype), sin.to(q.dtype)
         q, k = apply_partial_rotary(q, cos, sin), apply_partial_rotary(k, cos, sin)
         q = q * self.q_gain.to(q.dtype)[None, :, None, None]
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=Hkv != H)
+        y = causal_attention(q, k, v)
         y = y.transpose(1, 2)  # (B, T, H, Dh)
         if self.use_xsa:
             y = xsa(y, v.transpose(1, 2))

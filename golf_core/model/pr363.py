@@ -37,7 +37,6 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from golf_core.config import ModelConfig
@@ -48,6 +47,7 @@ from golf_core.model.layers import (
     CausalSelfAttention,
     RMSNorm,
     apply_rotary_emb,
+    causal_attention,
     init_upstream_weights,
     rms_norm,
     softcapped_head,
@@ -144,9 +144,7 @@ class DeltaAttention(CausalSelfAttention):
         cos, sin = self.rotary(T, x.device, q.dtype)
         q, k = apply_rotary_emb(q, cos, sin), apply_rotary_emb(k, cos, sin)
         q = q * self.q_gain.to(q.dtype)[None, :, None, None]
-        y = F.scaled_dot_product_attention(
-            q, k, v.transpose(1, 2), is_causal=True, enable_gqa=self.num_kv_heads != self.num_heads
-        ).transpose(1, 2)  # (B, T, H, Dh)
+        y = causal_attention(q, k, v.transpose(1, 2)).transpose(1, 2)  # (B, T, H, Dh)
         if self.use_xsa:
             y = xsa(y, v)  # golf_core/model/extras.py
         return self.proj(y.reshape(B, T, D))
