@@ -98,9 +98,9 @@ class Case:
 
     def __init__(self, name: str, model: torch.nn.Module, optimizers: list,
                  dtype: torch.dtype | None, x: torch.Tensor, y: torch.Tensor,
-                 attention_fp32: bool = False) -> None:
+                 attention_fp32: bool = False, why: str = "") -> None:
         self.name, self.model, self.optimizers, self.dtype = name, model, optimizers, dtype
-        self.x, self.y, self.attention_fp32 = x, y, attention_fp32
+        self.x, self.y, self.attention_fp32, self.why = x, y, attention_fp32, why
         self.times: list[float] = []
 
     def step(self) -> float:
@@ -121,15 +121,13 @@ class Case:
 
 def ours(cfg: ModelConfig, tcfg: TrainConfig, x, y) -> Case:
     """Our model and optimizers as golf_core.train builds them for `tcfg` (its `compile`
-    decides whether the dtype probe runs compiled; the compiling itself is `compiled_blocks`)."""
+    decides whether the dtype probe runs compiled; the compiling itself is `compiled`)."""
     torch.manual_seed(0)
     model = build_model(cfg).to(x.device)
     shape = precision.ProbeShape.of(cfg, tcfg, x.numel())
     dtype, why = pick_autocast(x.device, tcfg.autocast, shape)
-    case = Case("ours", model, build_optimizers(model, tcfg), dtype, x, y,
-                attention_fp32=precision.cpu_attention_fp32())
-    case.why = why
-    return case
+    return Case("ours", model, build_optimizers(model, tcfg), dtype, x, y,
+                attention_fp32=precision.cpu_attention_fp32(), why=why)
 
 
 def upstream_case(up: ModuleType, cfg: ModelConfig, tcfg: TrainConfig, dtype, x, y) -> Case:
@@ -184,31 +182,20 @@ def rounds(cases: list[Case], warmup: int, repeat: int) -> None:
             case.times.append(case.step())
 
 
-def compiled_blocks(case: Case) -> tuple[Case, float]:
-    """`case` with each block compiled in place (`compile=blocks` of golf_core.train) and the
-    seconds its first step took (the compile, on this inductor cache)."""
-    case.name = "ours blocks"
-    for block in case.model.blocks:
-        block.compile()
+def compiled(case: Case, mode: str) -> tuple[Case, float]:
+    """`case` compiled as golf_core.train's `compile=<mode>` (blocks | model) compiles it, and
+    the seconds its first step took (the compile, on this inductor cache)."""
+    case.name = f"ours {mode}"
+    case.model = apply_compile(case.model, mode)
     first = case.step()
     return case, first
 
 
-def compiled_model(case: Case) -> tuple[Case, float]:
-    """`case` with its whole model compiled (`compile=model` of golf_core.train) and the
-    seconds its first step took."""
-    case.name = "ours model"
-    case.model = apply_compile(case.model, "model")
-    first = case.step()
-    return case, first
-
-
-def compare(up: ModuleType | Callable[[], ModuleType], name: str, spec: dict, warmup: int,
-            repeat: int, peak: float, device: torch.device, compile_blocks: bool = False) -> dict:
-    """One config's row. `up` is the upstream module, or (with `compile_blocks`) a loader that
-    returns a fresh copy of it each call, so the compiled cases get their own compiled
-    Newton-Schulz."""
-    load = up if callable(up) and not isinstance(up, ModuleType) else (lambda: up)
+def compare(load: Callable[[], ModuleType], name: str, spec: dict, warmup: int, repeat: int,
+            peak: float, device: torch.device, compile_blocks: bool = False) -> dict:
+    """One config's row. `load` returns the upstream module; with `compile_blocks` it must
+    return a fresh copy each call (`load_upstream` does), so that the compiled cases' compiled
+    Newton-Schulz does not reach the eager ones."""
     seq = spec.get("seq_len", SEQ_LEN)
     cfg = model_config(spec["num_layers"], spec["model_dim"], spec.get("num_heads", 4),
                        spec.get("num_kv_heads", 2))
@@ -224,11 +211,10 @@ def compare(up: ModuleType | Callable[[], ModuleType], name: str, spec: dict, wa
              upstream_case(eager_up, cfg, tcfg, torch.bfloat16, x, y)]
     first: dict[str, float] = {}
     if compile_blocks:
-        blocks, first["ours blocks"] = compiled_blocks(
-            ours(cfg, dataclasses.replace(tcfg, compile="blocks"), x, y))
-        whole, first["ours model"] = compiled_model(
-            ours(cfg, dataclasses.replace(tcfg, compile="model"), x, y))
-        cases += [blocks, whole]
+        for mode in ("blocks", "model"):
+            case, first[f"ours {mode}"] = compiled(
+                ours(cfg, dataclasses.replace(tcfg, compile=mode), x, y), mode)
+            cases.append(case)
         compiled_up = load()
         compiled_up.zeropower_via_newtonschulz5 = torch.compile(
             compiled_up.zeropower_via_newtonschulz5)
@@ -242,6 +228,9 @@ def compare(up: ModuleType | Callable[[], ModuleType], name: str, spec: dict, wa
     ups = [n for n in med if n.startswith("upstream")]
     best_eager = min(("upstream fp32", "upstream bf16"), key=med.get)
     flops = matmul_flops_per_token(cases[0].model, seq)
+
+    def mfu(case: str) -> float:
+        return flops * spec["tokens"] / (med[case] / 1000.0) / peak
 
     def dtype_of(case: Case) -> str:
         if case.dtype is None:
@@ -257,7 +246,7 @@ def compare(up: ModuleType | Callable[[], ModuleType], name: str, spec: dict, wa
         "upstream_best": best_eager.split()[1], "ratio": med[best_eager] / med["ours"],
         "ours_tokens_per_s": spec["tokens"] / (med["ours"] / 1000.0),
         "upstream_tokens_per_s": spec["tokens"] / (med[best_eager] / 1000.0),
-        "flops_per_token": flops, "ours_mfu": flops * spec["tokens"] / (med["ours"] / 1e3) / peak,
+        "flops_per_token": flops, "ours_mfu": mfu("ours"),
     }
     if compile_blocks:
         b = by_name["ours blocks"]
@@ -278,8 +267,7 @@ def compare(up: ModuleType | Callable[[], ModuleType], name: str, spec: dict, wa
             "ratio_compiled": med[best_comp] / med["ours blocks"],
             "upstream_best_case": best_up, "ours_best_case": best_ours,
             "ratio_best": med[best_up] / med[best_ours],
-            "ours_blocks_mfu": flops * spec["tokens"] / (med["ours blocks"] / 1e3) / peak,
-            "ours_best_mfu": flops * spec["tokens"] / (med[best_ours] / 1e3) / peak,
+            "ours_blocks_mfu": mfu("ours blocks"), "ours_best_mfu": mfu(best_ours),
         })
     row["samples_ms"] = {c.name: [1000.0 * t for t in c.times] for c in cases}
     return row
@@ -330,14 +318,13 @@ def main(argv: list[str] | None = None, echo: Callable[[str], None] = print) -> 
     echo(f"# {info['cpu']} | torch {info['torch']} | {info['torch_threads']} threads | load "
          f"{load_before[0]:.2f} | MFU peak {peak / 1e9:.1f} GFLOP/s")
     rows = []
-    compiled = args.compile == "blocks"
-    loader = (lambda: load_upstream(Path(args.reference))) if compiled else up
+    compile_too = args.compile == "blocks"
     for name in names:
         # every config compiles the same block code again at its own shapes: start each with
         # dynamo's caches empty, or its recompile limit (8) sends later configs to eager
         torch._dynamo.reset()
-        rows.append(compare(loader, name, CONFIGS[name], args.warmup, args.repeat, peak, device,
-                            compile_blocks=compiled))
+        rows.append(compare(lambda: load_upstream(Path(args.reference)), name, CONFIGS[name],
+                            args.warmup, args.repeat, peak, device, compile_blocks=compile_too))
         r = rows[-1]
         r["probes"] = precision.probes()
         echo(f"  {name}: ours {r['ours_ms']:.1f} ms ({r['ours_dtype']}, NS {r['ours_ns_dtype']})"
@@ -347,13 +334,13 @@ def main(argv: list[str] | None = None, echo: Callable[[str], None] = print) -> 
                  f"upstream compiled {r['upstream_compiled_fp32_ms']:.1f} / "
                  f"{r['upstream_compiled_bf16_ms']:.1f} ms: {r['ratio_compiled']:.2f}x | ours "
                  f"model {r['ours_model_ms']:.1f} ms: {r['ratio_model']:.2f}x | best "
-                 f"{r['ratio_best']:.2f}x" if compiled else ""))
+                 f"{r['ratio_best']:.2f}x" if compile_too else ""))
     blocks = ["ours_blocks_ms", "ours_blocks_dtype", "ours_model_ms",
               "upstream_compiled_fp32_ms", "upstream_compiled_bf16_ms", "ratio_compiled",
               "ratio_model", "ratio_best", "ours_best_mfu"]
     echo("\n" + _table(rows, ["config", "ours_ms", "ours_dtype", "ours_ns_dtype",
                               "upstream_fp32_ms", "upstream_bf16_ms", "ratio",
-                              *(blocks if compiled else []),
+                              *(blocks if compile_too else []),
                               "ours_tokens_per_s", "ours_mfu"]))
     slug = "".join(c if c.isalnum() else "-" for c in info["device_name"]).strip("-")[:40]
     out = Path(args.out) if args.out else RESULTS / f"{slug}_versus.json"

@@ -149,21 +149,15 @@ def _share_probes(rank: int, autocast: str, ns_dtype: str, shape: precision.Prob
     an `auto` choice reads are taken."""
     wanted = [kind for kind, pref in (("attention", autocast), ("autocast", autocast),
                                       ("muon_ns_dtype", ns_dtype)) if pref == "auto"]
-    measure = {  # the block probe's attention follows the (already adopted) attention probe
-        "attention": precision.attention_probe,
-        "autocast": lambda s: precision.block_probe(
-            s, attention_in_fp32=not precision.attention_probe(s).bf16_faster),
-        "muon_ns_dtype": precision.ns_probe,
-    }
+    measure = {"attention": precision.attention_probe,  # first: the block probe reads it
+               "autocast": precision.autocast_probe, "muon_ns_dtype": precision.ns_probe}
     for kind in wanted:
         mine = measure[kind](shape) if rank == 0 else None
         numbers = torch.tensor([mine.fp32_ms, mine.bf16_ms] if mine else [0.0, 0.0],
                                dtype=torch.float64)
         dist.broadcast(numbers, src=0)
-        what = {"attention": "attention forward+backward", "autocast": "block forward+backward",
-                "muon_ns_dtype": "newton-schulz"}[kind]
-        precision.adopt(kind, precision.Probe(what, float(numbers[0]), float(numbers[1]),
-                                              torch.get_num_threads(), shape))
+        precision.adopt(kind, precision.Probe(precision.PROBE_WHAT[kind], float(numbers[0]),
+                                              float(numbers[1]), torch.get_num_threads(), shape))
 
 
 def teardown(rt: Runtime, *, finished: bool = False) -> None:

@@ -12,8 +12,8 @@ Scales (DESIGN.md section 5):
     fresh clone, install included, 2-core Intel Xeon, 2026-12-01): every model at
     width 64 on the built-in corpus, 180 steps of 1,024 tokens, 3 paired seeds on every arm
     a cpu verdict uses, two runs at a time;
-  * `study` the scale whose verdicts the writeup states (`make study`, ~1.5-2 h on 2 cores):
-    5 paired seeds, 300 steps of 2,048 tokens, PR #363's quantization table and the
+  * `study` the scale whose verdicts the writeup states (`make study`, ~2-2.5 h on 2 cores):
+    7 paired seeds, 300 steps of 2,048 tokens, PR #363's quantization table and the
     recurrence x extras 2x2; its small outputs are committed under results/study/;
   * `ci`   a few seconds per run for the end-to-end test: width 32, a dozen steps, a
     handful of speeches;
@@ -151,9 +151,10 @@ SCALES: dict[str, dict[str, Any]] = {
         eval_batch_seqs=32,
         jobs=2,  # runs at a time (each with cores / jobs threads)
     ),
-    # The scale whose verdicts the writeup states: >= 5 paired seeds, 2x the cpu scale's steps
-    # at 2x its batch, blocks compiled (they pay off at 300 steps; train.py), ~80 min on 2
-    # cores. Its small outputs are committed under results/study/ (no checkpoints kept).
+    # The scale whose verdicts the writeup states: 7 paired seeds, 2x the cpu scale's steps
+    # at 2x its batch, blocks compiled (they pay off at 300 steps; train.py), 5565 s for the
+    # first 5 seeds and 2141 s for the last 2 on 2 cores. Its small outputs are committed under
+    # results/study/ (no checkpoints kept).
     "study": dict(
         train_scale="cpu",
         seeds=(1337, 42, 7, 2024, 31337, 123, 999),
@@ -166,7 +167,7 @@ SCALES: dict[str, dict[str, Any]] = {
             "compile": "blocks", "keep_checkpoints": 1,
             # every committed run trained in fp32 (what the probes picked for them); a later
             # seed must too, or its pair would differ in dtype: the compiled block probe at
-            # d=64 sits near the bf16 threshold (1.0-1.04x on the Intel Xeon, 2026-12-01)
+            # d=64 sits at the bf16 threshold (0.93-1.13x on the Intel Xeon, 2026-12-01)
             "autocast": "none", "muon_ns_dtype": "fp32",
         },
         family_common=_NARROW_FAMILY,
@@ -223,8 +224,9 @@ class RunSpec:
     @property
     def run_dir(self) -> Path:
         """runs_root(scale) / name. In a committed folder (results/study/) a finished run
-        whose settings hash differs (a config field added since) is still this run: the one
-        finished `<scale>-<key>-s<seed>-*` directory there (its config.json says what ran)."""
+        whose settings hash differs (a config field added or pinned since) is still this run:
+        the one finished `<scale>-<key>-s<seed>-*` directory there (its config.json says what
+        ran)."""
         exact = runs_root(self.scale) / self.name
         if exact.exists() or not scale_settings(self.scale).get("runs_root"):
             return exact

@@ -100,11 +100,16 @@ def attention_fp32(enabled: bool):
         _CPU_ATTENTION_FP32 = before
 
 
+# What each kind of probe times (the kinds `adopt` and env.json's `precision_probes` use).
+PROBE_WHAT = {"attention": "attention forward+backward", "autocast": "block forward+backward",
+              "muon_ns_dtype": "newton-schulz"}
+
+
 @dataclass(frozen=True)
 class Probe:
     """Best-of-N milliseconds of one operation in fp32 and in bf16, and the verdict."""
 
-    what: str  # "attention forward+backward" | "block forward+backward" | "newton-schulz"
+    what: str  # a value of PROBE_WHAT
     fp32_ms: float
     bf16_ms: float
     threads: int
@@ -173,7 +178,7 @@ def _attention_probe(shape: ProbeShape, threads: int) -> Probe:
         return run
 
     fp32, bf16 = _pair(step(torch.float32), step(torch.bfloat16))
-    return Probe("attention forward+backward", fp32, bf16, threads,
+    return Probe(PROBE_WHAT["attention"], fp32, bf16, threads,
                  dataclasses.replace(shape, compiled=False))
 
 
@@ -207,7 +212,7 @@ def _block_probe(shape: ProbeShape, threads: int, attention_in_fp32: bool) -> Pr
         fp32(), bf16(), fp32(), bf16()
         setup = time.perf_counter() - t0
     fp32_ms, bf16_ms = _pair(fp32, bf16)
-    return Probe("block forward+backward", fp32_ms, bf16_ms, threads, shape, setup)
+    return Probe(PROBE_WHAT["autocast"], fp32_ms, bf16_ms, threads, shape, setup)
 
 
 @lru_cache(maxsize=16)
@@ -221,7 +226,7 @@ def _ns_probe(shape: ProbeShape, threads: int) -> Probe:
                          (d, shape.mlp_mult * d))]
     fp32, bf16 = _pair(lambda: newton_schulz5_batched(mats, dtype=torch.float32),
                        lambda: newton_schulz5_batched(mats, dtype=torch.bfloat16))
-    return Probe("newton-schulz", fp32, bf16, threads, shape)
+    return Probe(PROBE_WHAT["muon_ns_dtype"], fp32, bf16, threads, shape)
 
 
 _adopted: dict[str, Probe] = {}  # kind -> rank 0's probe, in a multi-process run
@@ -243,6 +248,12 @@ def block_probe(shape: ProbeShape, attention_in_fp32: bool = False) -> Probe:
                                                  attention_in_fp32)
     _measured["autocast"] = p
     return p
+
+
+def autocast_probe(shape: ProbeShape) -> Probe:
+    """The block probe `auto` reads: its attention in fp32 where the attention probe did not
+    measure bf16 faster."""
+    return block_probe(shape, attention_in_fp32=not attention_probe(shape).bf16_faster)
 
 
 def ns_probe(shape: ProbeShape) -> Probe:
@@ -290,8 +301,7 @@ def pick_autocast(device: torch.device, preference: str, shape: ProbeShape | Non
     if device.type == "cuda":
         return torch.bfloat16, "auto on CUDA: bf16 autocast (upstream)"
     shape = shape or ProbeShape()
-    a = attention_probe(shape)
-    p = block_probe(shape, attention_in_fp32=not a.bf16_faster)
+    a, p = attention_probe(shape), autocast_probe(shape)
     if not p.bf16_faster:
         return None, f"auto on CPU: fp32 ({p.describe()}; {a.describe()})"
     _CPU_ATTENTION_FP32 = not a.bf16_faster

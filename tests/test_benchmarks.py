@@ -212,7 +212,7 @@ def _upstream_or_skip():
 def test_the_side_by_side_times_both_codes_on_one_batch_and_names_our_dtypes():
     versus, up = _upstream_or_skip()
     spec = dict(num_layers=2, model_dim=32, tokens=64, seq_len=32, num_heads=2, num_kv_heads=1)
-    row = versus.compare(up, "tiny", spec, warmup=1, repeat=2, peak=1e9,
+    row = versus.compare(lambda: up, "tiny", spec, warmup=1, repeat=2, peak=1e9,
                          device=torch.device("cpu"))
     assert {"upstream fp32", "upstream bf16", "ours"} == set(row["samples_ms"])
     assert all(len(v) == 2 for v in row["samples_ms"].values())
