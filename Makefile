@@ -8,6 +8,21 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 VENV_FLAGS ?=
 
+# CPU_ISA=avx2 (any target): cap torch's CPU kernels at AVX2 (ATen dispatch, oneDNN, MKL;
+# golf_core.runs.ISA_LIMITS), so an AVX-512 machine runs what an AVX2-only CPU runs: bf16
+# without instructions (a 256x256 bf16 matmul ~100x an fp32 one), fp32 GEMM at AVX2 width. It
+# checks the dtype probes, the tests and the report's time under those kernels; the other
+# CPU's clock, caches and memory it does not emulate. Runs record it in env.json (cpu_isa).
+CPU_ISA ?=
+ifneq ($(CPU_ISA),)
+ifneq ($(CPU_ISA),avx2)
+$(error CPU_ISA=$(CPU_ISA): only avx2 is supported (empty = this CPU's own kernels))
+endif
+export ATEN_CPU_CAPABILITY := avx2
+export ONEDNN_MAX_CPU_ISA := AVX2
+export MKL_ENABLE_INSTRUCTIONS := AVX2
+endif
+
 # Keep tool caches inside the repo's ignored folders (CI runs with a clean HOME).
 export MPLCONFIGDIR := $(CURDIR)/.cache/matplotlib
 export TORCHINDUCTOR_CACHE_DIR := $(CURDIR)/.cache/inductor
@@ -46,7 +61,7 @@ REPORT_ARGS ?=
 report: venv
 	$(PY) -m golf_core.report --scale $(REPORT_SCALE) $(REPORT_ARGS)
 
-# The study scale (the writeup's verdicts): 55 runs, 5 paired seeds, two at a time; ~1.5-2 h
+# The study scale (the writeup's verdicts): 77 runs, 7 paired seeds, two at a time; ~2 h
 # on 2 cores, resumable (finished runs are skipped). Its small outputs land in results/study/
 # (committed); `make report` then renders them in notebooks/08_study.ipynb and the index.
 study: venv

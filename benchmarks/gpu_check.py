@@ -34,6 +34,8 @@ from pathlib import Path
 
 import torch
 
+from golf_core.runs import machine_slug
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
 
@@ -119,9 +121,9 @@ def main(argv: list[str] | None = None) -> int:
         else "cpu-dry-run"
     report = {"device": device, "dry_run": args.dry_run, "steps": results,
               "train_summary": summary, "versus": versus, "work_dir": str(work)}
-    slug = "".join(c if c.isalnum() else "-" for c in device).strip("-")[:40]
     out = Path(args.out) if args.out else (
-        work / "gpu_check.json" if args.dry_run else RESULTS / f"gpu_check_{slug}.json")
+        work / "gpu_check.json" if args.dry_run else
+        RESULTS / f"gpu_check_{machine_slug(device)}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(json.dumps(report, indent=2, default=str) + "\n")

@@ -52,23 +52,20 @@ from golf_core.optim import (
     newton_schulz5,
     newton_schulz5_batched,
 )
+from golf_core.runs import cpu_isa, cpu_name, machine_slug
 from golf_core.schedule import validate_config
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def machine_info(device: torch.device) -> dict:
-    cpu = platform.processor()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    cpu = cpu_name()
     info = {
         "hostname": platform.node(), "python": platform.python_version(),
         "torch": torch.__version__, "cpu": cpu, "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(), "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu,
+        "cpu_isa": cpu_isa(),
     }
     with contextlib.suppress(OSError, subprocess.CalledProcessError):
         info["git_commit"] = subprocess.check_output(
@@ -460,8 +457,8 @@ def _run(args: argparse.Namespace, device: torch.device) -> int:
               "artifact": bench_artifacts(model.state_dict())}
     result["load_average"] = {"before": list(load_before), "after": list(os.getloadavg())}
     _print_tables(result)
-    slug = "".join(c if c.isalnum() else "-" for c in info["device_name"]).strip("-")[:40]
-    out = Path(args.out) if args.out else RESULTS / f"{slug}_{args.scale}.json"
+    out = Path(args.out) if args.out else \
+        RESULTS / f"{machine_slug(info['device_name'])}_{args.scale}.json"
     _write_json(result, out)
     print(f"\nload average before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f}\n"
           f"wrote {out}")

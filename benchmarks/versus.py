@@ -57,6 +57,7 @@ from golf_core.config import ModelConfig, TrainConfig
 from golf_core.distributed import pick_autocast
 from golf_core.model import build_model
 from golf_core.optim import build_optimizers
+from golf_core.runs import machine_slug
 from golf_core.train import apply_compile
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
@@ -342,8 +343,8 @@ def main(argv: list[str] | None = None, echo: Callable[[str], None] = print) -> 
                               "upstream_fp32_ms", "upstream_bf16_ms", "ratio",
                               *(blocks if compile_too else []),
                               "ours_tokens_per_s", "ours_mfu"]))
-    slug = "".join(c if c.isalnum() else "-" for c in info["device_name"]).strip("-")[:40]
-    out = Path(args.out) if args.out else RESULTS / f"{slug}_versus.json"
+    out = Path(args.out) if args.out else \
+        RESULTS / f"{machine_slug(info['device_name'])}_versus.json"
     _write_json({"machine": info, "peak_flops": peak,
                  "warmup": args.warmup, "repeat": args.repeat, "compile": args.compile,
                  "rows": rows,

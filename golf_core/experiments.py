@@ -526,6 +526,7 @@ def hardware_table(specs: Sequence[RunSpec]) -> pd.DataFrame:
         env, hw = run.env, run.summary.get("hardware", {})
         rows.append({"device": hw.get("device", env.get("device")),
                      "device_name": env.get("device_name", env.get("cpu", "")),
+                     "cpu_isa": env.get("cpu_isa", ""),
                      "world_size": hw.get("world_size"), "autocast": hw.get("autocast"),
                      "torch": env.get("torch", env.get("torch_version")),
                      "commit": str(env.get("git_commit", env.get("commit", "")))[:10],

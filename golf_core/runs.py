@@ -4,7 +4,8 @@ A run directory (`runs/<YYYYmmdd-HHMMSS>_<variant>_<tag>_s<seed>/`, written by
 `golf_core.train`) explains itself:
 
     config.json          resolved {"model": ..., "train": ...} (usable as --config)
-    env.json             git commit + dirty flag, versions, device, world size, host
+    env.json             git commit + dirty flag, versions, device (and CPU ISA), world
+                         size, host
     metrics.jsonl        one JSON object per logged step ("kind": train | val |
                          final_roundtrip | ...), flushed as written
     train.log            the same in upstream `train_gpt.py`'s `step:N/T key:value` format
@@ -104,6 +105,30 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+# Env vars that cap the instruction set of torch's CPU kernels: ATen's dispatch, oneDNN (bf16
+# matmuls, convolutions) and MKL (fp32 GEMM). `make ... CPU_ISA=avx2` sets all three, so an
+# AVX-512 machine runs the kernels an AVX2-only CPU runs (bf16 then has no instructions).
+ISA_LIMITS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+
+
+def cpu_isa() -> str:
+    """The vector ISA torch's CPU kernels dispatch to ("AVX512", "AVX2", ...), followed by the
+    ISA_LIMITS in force when any is set: "AVX2 (ATEN_CPU_CAPABILITY=avx2, ...)"."""
+    limits = [f"{k}={os.environ[k]}" for k in ISA_LIMITS if os.environ.get(k)]
+    cap = torch.backends.cpu.get_cpu_capability()
+    return f"{cap} ({', '.join(limits)})" if limits else cap
+
+
+def machine_slug(device_name: str) -> str:
+    """A file-name stem for one machine's benchmark results: the device name in [A-Za-z0-9-],
+    plus "-as-<ISA>" while ISA_LIMITS are set, so a capped run never overwrites the file of
+    the machine's own kernels."""
+    slug = "".join(c if c.isalnum() else "-" for c in device_name).strip("-")[:40]
+    if any(os.environ.get(k) for k in ISA_LIMITS):
+        slug += f"-as-{torch.backends.cpu.get_cpu_capability()}"
+    return slug
+
+
 def env_info(device: torch.device, world_size: int, extra: dict[str, Any] | None = None) -> dict:
     """Code version and hardware of a run (env.json)."""
     status = _git(["status", "--porcelain", "--untracked-files=no"])
@@ -118,6 +143,7 @@ def env_info(device: torch.device, world_size: int, extra: dict[str, Any] | None
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
         else cpu_name(),
+        "cpu_isa": cpu_isa(),
         "cpu_threads": torch.get_num_threads(),
         "world_size": world_size,
         "started": datetime.now().isoformat(timespec="seconds"),

@@ -220,6 +220,12 @@ def _notebooks_html(pages: Mapping[str, Path], times: Mapping[str, float],
             f"<td></td><td class='num'>{total / 60:.1f} min</td></tr></tfoot></table>")
 
 
+def _seeds_phrase(rows: list[dict[str, str]]) -> str:
+    """ "7 paired seeds per arm. " from the study rows' n (the most any claim has), or ""."""
+    ns = [int(r["n"]) for r in rows if r.get("n", "").strip().isdigit()]
+    return f"{max(ns)} paired seeds per arm. " if ns else ""
+
+
 def write_index(pages: Mapping[str, Path], times: Mapping[str, float], scale: str, out: Path,
                 *, titles: Mapping[str, str] | None = None, writeup: Path | None = None,
                 command: str = "") -> Path:
@@ -251,7 +257,7 @@ class="golf-nav-scale">{html.escape(scale)} scale</span></nav>
 <h2>Scale and hardware</h2>
 {scale_html}
 <h2>Findings at the study scale</h2>
-<p>Five paired seeds per arm, equal training FLOPs where the published claim was made at equal
+<p>{_seeds_phrase(quoted["study"])}Equal training FLOPs where the published claim was made at equal
 wallclock, every run's small outputs committed under <code>results/study/</code>
 (<code>make study</code> retrains them); the page <em>The study</em> has the figures.</p>
 {_findings_html(quoted["study"], pages, what="the study (results/study/)")}

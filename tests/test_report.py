@@ -317,6 +317,9 @@ def test_the_index_states_the_committed_studys_verdicts_with_their_intervals(ci_
     study_part = rest.partition("Findings at the ci scale")[0]
     assert "<table class='golf-findings'>" in study_part
     assert "[3x3-vs-2x5/flops]" in study_part and "95% CI" in index
+    seeds = {re.search(r"-s(\d+)-[0-9a-f]+$", p.parent.name).group(1)
+             for p in STUDY.glob("*/summary.json")}
+    assert f"{len(seeds)} paired seeds per arm." in study_part  # counted, not a stale number
     page = (root / "report" / "08_study.html").read_text()
     assert "study runs finished" in page and "Verdict rule." in page
     assert (root / "figures" / "study_claims.svg").is_file()
