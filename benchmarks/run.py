@@ -39,7 +39,12 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.flops import datasheet_peak, matmul_flops_per_token, measured_matmul_peak
+from benchmarks.flops import (
+    bf16_skip_reason,
+    datasheet_peak,
+    matmul_flops_per_token,
+    measured_matmul_peak,
+)
 from golf_core import quant
 from golf_core.config import ConfigError, TrainConfig, parse_set_args, resolve, to_dict
 from golf_core.evaluate import ByteTables, evaluate_bpb
@@ -319,7 +324,9 @@ def _parser() -> argparse.ArgumentParser:
                         "as golf_core.train's --set (e.g. num_layers=2); repeatable")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--autocast", default="auto", choices=["auto", "bf16", "none"],
-                   help="auto = bf16 on CUDA, both fp32 and bf16 rows on CPU")
+                   help="auto = bf16 on CUDA; on CPU fp32 and bf16 rows, bf16 only where its "
+                        "matmul peak shows bf16 instructions (benchmarks.flops."
+                        "bf16_skip_reason)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--threads", type=int, default=0,
                    help="torch.set_num_threads for the run (0 = torch's default, one per core). "
@@ -427,16 +434,22 @@ def _run(args: argparse.Namespace, device: torch.device) -> int:
     cuda = device.type == "cuda"
     info = machine_info(device)
     load_before = os.getloadavg()
-    dtypes = {"none": [None], "bf16": [torch.bfloat16],
-              "auto": [torch.bfloat16] if cuda else [None, torch.bfloat16]}[args.autocast]
     peaks = {name: measured_matmul_peak(device, dt, n=args.peak_size)
              for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+    # auto on a CPU: fp32 and bf16 rows, bf16 only where this CPU has bf16 instructions
+    skipped = bf16_skip_reason(device, peaks["fp32"], peaks["bf16"]) \
+        if args.autocast == "auto" else ""
+    dtypes = {"none": [None], "bf16": [torch.bfloat16],
+              "auto": [torch.bfloat16] if cuda else [None] + ([] if skipped else
+                                                              [torch.bfloat16])}[args.autocast]
     sheet = datasheet_peak(info["device_name"]) if cuda else None
     print(f"# {info['device_name']} | torch {info['torch']} | {info['cores']} cores, "
           f"{info['torch_threads']} threads | load "
           f"{load_before[0]:.2f} | measured matmul peak fp32 {peaks['fp32'] / 1e9:.1f} / bf16 "
           f"{peaks['bf16'] / 1e9:.1f} GFLOP/s" + (f" | datasheet {sheet / 1e12:.0f} TFLOP/s"
                                                   if sheet else ""), flush=True)
+    if skipped:
+        print(f"# {skipped} (--autocast bf16 times them anyway)", flush=True)
     cases = [build_case(v, dt, args, device) for dt in dtypes for v in args.variants_list]
     bench_train(cases, device, args.warmup, args.repeat)
     # MFU against the datasheet on a GPU; on a CPU against the measured matmul peak of the
@@ -449,7 +462,7 @@ def _run(args: argparse.Namespace, device: torch.device) -> int:
     seq = cases[-1].tcfg.train_seq_len
     result = {"machine": info, "scale": args.scale, "sets": args.sets, "compile": args.compile,
               "warmup": args.warmup, "repeat": args.repeat, "peaks_flops": peaks,
-              "peak_matmul_size": args.peak_size,
+              "peak_matmul_size": args.peak_size, "bf16_skipped": skipped,
               "datasheet_peak_flops": sheet,
               "configs": {v: to_dict(resolve(scale=args.scale, preset=v, environ={},
                                              sets=args.sets)[0]) for v in args.variants_list},

@@ -20,6 +20,9 @@ Cases, per config:
 * `upstream compiled fp32` / `upstream compiled bf16` (`--compile blocks`): the same as its
   `main()` runs them: `torch.compile(model, dynamic=False, fullgraph=True)` and its
   Newton-Schulz compiled (a second copy of the module, so the eager cases stay eager).
+  Upstream's bf16 cases are left out, saying so, where a short matmul test shows this CPU
+  emulating bf16 (`--bf16 auto`; an AVX2-only CPU or `CPU_ISA=avx2`): there its bf16 step is
+  ~100x its fp32 one, so fp32 is its faster dtype.
 
 Ratios (upstream's median ms/step over ours): `ratio` = upstream's faster eager dtype over our
 eager step; `ratio_compiled` = upstream's faster compiled dtype over our compiled blocks;
@@ -50,7 +53,12 @@ from types import ModuleType
 
 import torch
 
-from benchmarks.flops import datasheet_peak, matmul_flops_per_token, measured_matmul_peak
+from benchmarks.flops import (
+    bf16_skip_reason,
+    datasheet_peak,
+    matmul_flops_per_token,
+    measured_matmul_peak,
+)
 from benchmarks.run import RESULTS, _sync, _table, _write_json, machine_info
 from golf_core import precision
 from golf_core.config import ModelConfig, TrainConfig
@@ -193,10 +201,13 @@ def compiled(case: Case, mode: str) -> tuple[Case, float]:
 
 
 def compare(load: Callable[[], ModuleType], name: str, spec: dict, warmup: int, repeat: int,
-            peak: float, device: torch.device, compile_blocks: bool = False) -> dict:
+            peak: float, device: torch.device, compile_blocks: bool = False,
+            bf16: bool = True) -> dict:
     """One config's row. `load` returns the upstream module; with `compile_blocks` it must
     return a fresh copy each call (`load_upstream` does), so that the compiled cases' compiled
-    Newton-Schulz does not reach the eager ones."""
+    Newton-Schulz does not reach the eager ones. `bf16=False` leaves out upstream's bf16
+    cases (their `_ms` are None): on a CPU that emulates bf16, fp32 is upstream's faster
+    dtype by two orders of magnitude (benchmarks.flops.bf16_skip_reason)."""
     seq = spec.get("seq_len", SEQ_LEN)
     cfg = model_config(spec["num_layers"], spec["model_dim"], spec.get("num_heads", 4),
                        spec.get("num_kv_heads", 2))
@@ -207,9 +218,9 @@ def compare(load: Callable[[], ModuleType], name: str, spec: dict, warmup: int, 
     x = torch.randint(0, cfg.vocab_size, shape, generator=gen).to(device)
     y = torch.randint(0, cfg.vocab_size, shape, generator=gen).to(device)
     eager_up = load()
+    up_dtypes = (None, torch.bfloat16) if bf16 else (None,)
     cases = [ours(cfg, tcfg, x, y),
-             upstream_case(eager_up, cfg, tcfg, None, x, y),
-             upstream_case(eager_up, cfg, tcfg, torch.bfloat16, x, y)]
+             *(upstream_case(eager_up, cfg, tcfg, dt, x, y) for dt in up_dtypes)]
     first: dict[str, float] = {}
     if compile_blocks:
         for mode in ("blocks", "model"):
@@ -219,7 +230,7 @@ def compare(load: Callable[[], ModuleType], name: str, spec: dict, warmup: int, 
         compiled_up = load()
         compiled_up.zeropower_via_newtonschulz5 = torch.compile(
             compiled_up.zeropower_via_newtonschulz5)
-        for dtype in (None, torch.bfloat16):
+        for dtype in up_dtypes:
             case, s = upstream_compiled(compiled_up, cfg, tcfg, dtype, x, y)
             cases.append(case)
             first[case.name] = s
@@ -227,7 +238,7 @@ def compare(load: Callable[[], ModuleType], name: str, spec: dict, warmup: int, 
     med = {c.name: 1000.0 * statistics.median(c.times) for c in cases}
     by_name = {c.name: c for c in cases}
     ups = [n for n in med if n.startswith("upstream")]
-    best_eager = min(("upstream fp32", "upstream bf16"), key=med.get)
+    best_eager = min((n for n in ups if "compiled" not in n), key=med.get)
     flops = matmul_flops_per_token(cases[0].model, seq)
 
     def mfu(case: str) -> float:
@@ -243,7 +254,7 @@ def compare(load: Callable[[], ModuleType], name: str, spec: dict, warmup: int, 
         "ours_ms": med["ours"], "ours_dtype": dtype_of(cases[0]),
         "ours_dtype_why": cases[0].why,
         "ours_ns_dtype": str(cases[0].optimizers[-2].ns_dtype).removeprefix("torch."),
-        "upstream_fp32_ms": med["upstream fp32"], "upstream_bf16_ms": med["upstream bf16"],
+        "upstream_fp32_ms": med["upstream fp32"], "upstream_bf16_ms": med.get("upstream bf16"),
         "upstream_best": best_eager.split()[1], "ratio": med[best_eager] / med["ours"],
         "ours_tokens_per_s": spec["tokens"] / (med["ours"] / 1000.0),
         "upstream_tokens_per_s": spec["tokens"] / (med[best_eager] / 1000.0),
@@ -251,7 +262,7 @@ def compare(load: Callable[[], ModuleType], name: str, spec: dict, warmup: int, 
     }
     if compile_blocks:
         b = by_name["ours blocks"]
-        best_comp = min(("upstream compiled fp32", "upstream compiled bf16"), key=med.get)
+        best_comp = min((n for n in ups if "compiled" in n), key=med.get)
         best_up = min(ups, key=med.get)
         best_ours = min(("ours", "ours blocks", "ours model"), key=med.get)
         m = by_name["ours model"]
@@ -263,7 +274,7 @@ def compare(load: Callable[[], ModuleType], name: str, spec: dict, warmup: int, 
             "ours_model_compile_s": first["ours model"],
             "ratio_model": med[best_comp] / med["ours model"],
             "upstream_compiled_fp32_ms": med["upstream compiled fp32"],
-            "upstream_compiled_bf16_ms": med["upstream compiled bf16"],
+            "upstream_compiled_bf16_ms": med.get("upstream compiled bf16"),
             "upstream_compiled_compile_s": {n: first[n] for n in first if n.startswith("up")},
             "ratio_compiled": med[best_comp] / med["ours blocks"],
             "upstream_best_case": best_up, "ours_best_case": best_ours,
@@ -272,6 +283,10 @@ def compare(load: Callable[[], ModuleType], name: str, spec: dict, warmup: int, 
         })
     row["samples_ms"] = {c.name: [1000.0 * t for t in c.times] for c in cases}
     return row
+
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1f}"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -288,6 +303,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="blocks: also time ours with each block torch.compile'd (golf_core.train's "
                    "compile=blocks) and upstream compiled as its main() compiles it; first steps "
                    "(the compiles) are reported apart")
+    p.add_argument("--bf16", default="auto", choices=["auto", "on"],
+                   help="auto: time upstream's bf16 cases only where this CPU has bf16 "
+                   "instructions (benchmarks.flops.bf16_skip_reason; always on CUDA); on: always")
     p.add_argument("--out", default="", help="JSON path (default results/<cpu>_versus.json)")
     return p
 
@@ -315,9 +333,15 @@ def main(argv: list[str] | None = None, echo: Callable[[str], None] = print) -> 
     # MFU: on a GPU against its datasheet bf16 peak; on a CPU against the measured fp32 peak
     peak = (datasheet_peak(info["device_name"]) if device.type == "cuda" else None) or \
         measured_matmul_peak(device, torch.float32)
+    skipped = ""
+    if args.bf16 == "auto" and device.type == "cpu":  # a short test at n=512, not the peak
+        skipped = bf16_skip_reason(device, measured_matmul_peak(device, torch.float32, 512, 3),
+                                   measured_matmul_peak(device, torch.bfloat16, 512, 3))
     load_before = os.getloadavg()
     echo(f"# {info['cpu']} | torch {info['torch']} | {info['torch_threads']} threads | load "
          f"{load_before[0]:.2f} | MFU peak {peak / 1e9:.1f} GFLOP/s")
+    if skipped:
+        echo(f"# {skipped} (--bf16 on times them anyway)")
     rows = []
     compile_too = args.compile == "blocks"
     for name in names:
@@ -325,15 +349,16 @@ def main(argv: list[str] | None = None, echo: Callable[[str], None] = print) -> 
         # dynamo's caches empty, or its recompile limit (8) sends later configs to eager
         torch._dynamo.reset()
         rows.append(compare(lambda: load_upstream(Path(args.reference)), name, CONFIGS[name],
-                            args.warmup, args.repeat, peak, device, compile_blocks=compile_too))
+                            args.warmup, args.repeat, peak, device, compile_blocks=compile_too,
+                            bf16=not skipped))
         r = rows[-1]
         r["probes"] = precision.probes()
         echo(f"  {name}: ours {r['ours_ms']:.1f} ms ({r['ours_dtype']}, NS {r['ours_ns_dtype']})"
-             f" | upstream fp32 {r['upstream_fp32_ms']:.1f} / bf16 {r['upstream_bf16_ms']:.1f}"
+             f" | upstream fp32 {r['upstream_fp32_ms']:.1f} / bf16 {_ms(r['upstream_bf16_ms'])}"
              f" ms | ratio {r['ratio']:.2f}x" + (
                  f" | ours blocks {r['ours_blocks_ms']:.1f} ms ({r['ours_blocks_dtype']}) vs "
                  f"upstream compiled {r['upstream_compiled_fp32_ms']:.1f} / "
-                 f"{r['upstream_compiled_bf16_ms']:.1f} ms: {r['ratio_compiled']:.2f}x | ours "
+                 f"{_ms(r['upstream_compiled_bf16_ms'])} ms: {r['ratio_compiled']:.2f}x | ours "
                  f"model {r['ours_model_ms']:.1f} ms: {r['ratio_model']:.2f}x | best "
                  f"{r['ratio_best']:.2f}x" if compile_too else ""))
     blocks = ["ours_blocks_ms", "ours_blocks_dtype", "ours_model_ms",
@@ -345,7 +370,7 @@ def main(argv: list[str] | None = None, echo: Callable[[str], None] = print) -> 
                               "ours_tokens_per_s", "ours_mfu"]))
     out = Path(args.out) if args.out else \
         RESULTS / f"{machine_slug(info['device_name'])}_versus.json"
-    _write_json({"machine": info, "peak_flops": peak,
+    _write_json({"machine": info, "peak_flops": peak, "bf16_skipped": skipped,
                  "warmup": args.warmup, "repeat": args.repeat, "compile": args.compile,
                  "rows": rows,
                  "load_average": {"before": list(load_before),

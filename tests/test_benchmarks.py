@@ -58,7 +58,8 @@ TINY_SETS = ["--set", "model_dim=32", "--set", "num_heads=2", "--set", "num_kv_h
              "--set", "train_batch_tokens=64", "--set", "num_layers=2"]
 
 
-def test_runner_main_runs_end_to_end_and_writes_the_json(tmp_path, capsys):
+def test_runner_main_runs_end_to_end_and_writes_the_json(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(run, "bf16_skip_reason", lambda *a: "")  # as on a CPU with bf16
     out = tmp_path / "bench.json"
     argv = ["--variants", "unet", *TINY_SETS, "--warmup", "0", "--repeat", "1",
             "--eval-seqs", "2", "--peak-size", "64", "--threads", "1", "--out", str(out)]
@@ -84,6 +85,34 @@ def test_runner_main_runs_end_to_end_and_writes_the_json(tmp_path, capsys):
     assert all(a["bytes"] > 0 for a in result["artifact"])
     assert not list(tmp_path.glob("*.tmp"))  # written to a temp name, then renamed
     assert "wrote" in capsys.readouterr().out
+
+
+def test_bf16_cases_are_left_out_only_where_the_cpu_emulates_bf16():
+    from benchmarks.flops import BF16_EMULATED_BELOW, bf16_skip_reason
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert bf16_skip_reason(cpu, 114e9, 0.6e9).startswith("bf16 cases left out")
+    assert "0.005x" in bf16_skip_reason(cpu, 114e9, 0.6e9)
+    assert bf16_skip_reason(cpu, 186e9, 1.7 * 186e9) == ""  # AMX: bf16 the faster
+    assert bf16_skip_reason(cpu, 100e9, BF16_EMULATED_BELOW * 100e9) == ""  # slower, not emulated
+    assert bf16_skip_reason(cuda, 1e12, 1e9) == ""  # a GPU always times bf16
+
+
+def test_runner_on_a_cpu_that_emulates_bf16_times_fp32_and_says_why(tmp_path, capsys,
+                                                                     monkeypatch):
+    monkeypatch.setattr(run, "bf16_skip_reason", lambda *a: "bf16 cases left out: emulated")
+    out = tmp_path / "bench.json"
+    argv = ["--variants", "unet", *TINY_SETS, "--warmup", "0", "--repeat", "1",
+            "--eval-seqs", "2", "--peak-size", "64", "--threads", "1", "--out", str(out)]
+    assert run.main(argv) == 0
+    result = json.loads(out.read_text())
+    assert [r["dtype"] for r in result["train"]] == ["fp32"]
+    assert result["bf16_skipped"] == "bf16 cases left out: emulated"
+    assert "bf16 cases left out: emulated" in capsys.readouterr().out
+    # asked for explicitly, bf16 is timed whatever the CPU
+    assert run.main([*argv[:-1], str(tmp_path / "b.json"), "--autocast", "bf16"]) == 0
+    assert [r["dtype"] for r in json.loads((tmp_path / "b.json").read_text())["train"]] == \
+        ["bf16"]
 
 
 def test_runner_rejects_an_unknown_variant_with_exit_code_2(capsys):
@@ -220,6 +249,16 @@ def test_the_side_by_side_times_both_codes_on_one_batch_and_names_our_dtypes():
     assert row["ratio"] == pytest.approx(best / row["ours_ms"])
     assert row["ours_dtype"] in ("fp32", "bf16", "bf16, fp32 attention")
     assert row["ours_dtype_why"].startswith("auto on CPU")  # what the probe measured, said
+
+
+def test_the_side_by_side_without_bf16_times_upstream_fp32_only():
+    versus, up = _upstream_or_skip()
+    spec = dict(num_layers=2, model_dim=32, tokens=64, seq_len=32, num_heads=2, num_kv_heads=1)
+    row = versus.compare(lambda: up, "tiny", spec, warmup=0, repeat=1, peak=1e9,
+                         device=torch.device("cpu"), bf16=False)
+    assert {"upstream fp32", "ours"} == set(row["samples_ms"])
+    assert row["upstream_bf16_ms"] is None and row["upstream_best"] == "fp32"
+    assert row["ratio"] == pytest.approx(row["upstream_fp32_ms"] / row["ours_ms"])
 
 
 def test_the_side_by_side_without_the_upstream_script_skips_and_says_so(tmp_path):
