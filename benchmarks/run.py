@@ -186,22 +186,24 @@ def bench_train(cases: list[TrainCase], device: torch.device, warmup: int,
 
 
 def newton_schulz_ms(case: TrainCase, device: torch.device, repeat: int) -> dict[str, float]:
-    """Median ms of Newton-Schulz over every Muon matrix of `case`: batched by shape as Muon
-    runs it, and one matrix at a time (upstream's loop), interleaved."""
-    mats = [p for o in case.optimizers if isinstance(o, Muon) for g in o.param_groups
-            for p in g["params"]]
+    """Median ms of Newton-Schulz over every Muon matrix of `case`, in the dtype its Muon runs
+    it (`newton_schulz_dtype`, as muon_ns_dtype picked it): batched by shape as Muon runs it,
+    and one matrix at a time (upstream's loop), interleaved."""
+    muons = [o for o in case.optimizers if isinstance(o, Muon)]
+    mats = [p for o in muons for g in o.param_groups for p in g["params"]]
     if not mats:
-        return {"newton_schulz_ms": 0.0, "newton_schulz_loop_ms": 0.0}
-    steps = case.tcfg.muon_backend_steps
+        return {"newton_schulz_ms": 0.0, "newton_schulz_loop_ms": 0.0, "newton_schulz_dtype": ""}
+    steps, dtype = case.tcfg.muon_backend_steps, muons[0].ns_dtype
     grads = [torch.randn_like(p) for p in mats]
     runs: dict[str, list[float]] = {"newton_schulz_ms": [], "newton_schulz_loop_ms": []}
     for r in range(repeat + 1):  # the first round is a warm-up
-        batched = timed(lambda: newton_schulz5_batched(grads, steps), device)
-        loop = timed(lambda: [newton_schulz5(g, steps) for g in grads], device)
+        batched = timed(lambda: newton_schulz5_batched(grads, steps, dtype=dtype), device)
+        loop = timed(lambda: [newton_schulz5(g, steps, dtype=dtype) for g in grads], device)
         if r:
             runs["newton_schulz_ms"].append(batched)
             runs["newton_schulz_loop_ms"].append(loop)
-    return {k: _median_ms(v) for k, v in runs.items()}
+    return {**{k: _median_ms(v) for k, v in runs.items()},
+            "newton_schulz_dtype": str(dtype).removeprefix("torch.")}
 
 
 def train_row(case: TrainCase, device: torch.device, repeat: int, peak: float) -> dict:
@@ -381,7 +383,7 @@ def _print_tables(result: dict) -> None:
     print(_table(result["train"], [
         "variant", "dtype", "unique_params", "effective_depth", "step_ms", "step_ms_p25",
         "step_ms_p75", "forward_ms", "backward_ms", "optimizer_ms", "newton_schulz_ms",
-        "newton_schulz_loop_ms", "tokens_per_s", "flops_per_token", "mfu"]))
+        "newton_schulz_loop_ms", "newton_schulz_dtype", "tokens_per_s", "flops_per_token", "mfu"]))
     print("\neval (model of the last train row)")
     print(_table(result["eval"], ["mode", "tokens", "seconds", "tokens_per_s"]))
     print("\nartifact (weights of the last train row)")
