@@ -176,8 +176,8 @@ def test_batch_size_does_not_change_the_result(stride):
     tokens, tables = problem()
     runs = [evaluate_bpb(TinyLM(), tokens, SEQ_LEN, tables, batch_seqs=b, stride=stride)
             for b in (1, 4, 1000)]
-    for r in runs[1:]:
-        assert r["val_loss"] == pytest.approx(runs[0]["val_loss"], rel=1e-12)
+    for r in runs[1:]:  # to fp32 rounding: a GEMM may round rows by batch shape (AVX2 MKL)
+        assert r["val_loss"] == pytest.approx(runs[0]["val_loss"], rel=1e-6)
         assert (r["tokens"], r["bytes"]) == (runs[0]["tokens"], runs[0]["bytes"])
 
 
