@@ -54,7 +54,8 @@ test-fast: lint
 data: venv
 	$(PY) -m golf_core.data prepare
 
-# REPORT_SCALE: cpu (default; 13.7 min from a fresh clone, install included, on a 2-core Intel Xeon, 2026-12-01), ci (tiny, ~3-5 min) or gpu (upstream sizes, with
+# REPORT_SCALE: cpu (default; from a fresh clone, install included, on a 2-core Intel Xeon,
+# 2026-12-01: 13.7 min, 13.5 min with CPU_ISA=avx2), ci (tiny, ~3-5 min) or gpu (upstream sizes, with
 # REPORT_ARGS="--data-path DIR --tokenizer-path FILE --nproc 8"). See report/README.md.
 REPORT_SCALE ?= cpu
 REPORT_ARGS ?=

@@ -9,7 +9,8 @@ report skips runs that already finished and a changed setting gives a new run.
 
 Scales (DESIGN.md section 5):
   * `cpu`  (default) this 2-core machine, the whole report in ~15 minutes (13.7 min from a
-    fresh clone, install included, 2-core Intel Xeon, 2026-12-01): every model at
+    fresh clone, install included, 2-core Intel Xeon, 2026-12-01; 13.5 min with its kernels
+    capped at AVX2, `make report CPU_ISA=avx2`): every model at
     width 64 on the built-in corpus, 180 steps of 1,024 tokens, 3 paired seeds on every arm
     a cpu verdict uses, two runs at a time;
   * `study` the scale whose verdicts the writeup states (`make study`, ~2-2.5 h on 2 cores):
