@@ -185,7 +185,8 @@ def bench_train(cases: list[TrainCase], device: torch.device, warmup: int,
             run_step(cases[(r + k) % len(cases)], device, record=True)
 
 
-def newton_schulz_ms(case: TrainCase, device: torch.device, repeat: int) -> dict[str, float]:
+def newton_schulz_ms(case: TrainCase, device: torch.device, repeat: int
+                     ) -> dict[str, float | str]:
     """Median ms of Newton-Schulz over every Muon matrix of `case`, in the dtype its Muon runs
     it (`newton_schulz_dtype`, as muon_ns_dtype picked it): batched by shape as Muon runs it,
     and one matrix at a time (upstream's loop), interleaved."""
@@ -438,12 +439,13 @@ def _run(args: argparse.Namespace, device: torch.device) -> int:
     load_before = os.getloadavg()
     peaks = {name: measured_matmul_peak(device, dt, n=args.peak_size)
              for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
-    # auto on a CPU: fp32 and bf16 rows, bf16 only where this CPU has bf16 instructions
+    dtypes = {"none": [None], "bf16": [torch.bfloat16],
+              "auto": [torch.bfloat16] if cuda else [None, torch.bfloat16]}[args.autocast]
+    # auto on a CPU: the bf16 rows only where this CPU has bf16 instructions
     skipped = bf16_skip_reason(device, peaks["fp32"], peaks["bf16"]) \
         if args.autocast == "auto" else ""
-    dtypes = {"none": [None], "bf16": [torch.bfloat16],
-              "auto": [torch.bfloat16] if cuda else [None] + ([] if skipped else
-                                                              [torch.bfloat16])}[args.autocast]
+    if skipped:
+        dtypes.remove(torch.bfloat16)
     sheet = datasheet_peak(info["device_name"]) if cuda else None
     print(f"# {info['device_name']} | torch {info['torch']} | {info['cores']} cores, "
           f"{info['torch_threads']} threads | load "

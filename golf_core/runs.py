@@ -111,10 +111,15 @@ def cpu_name() -> str:
 ISA_LIMITS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
 
 
+def isa_limits() -> list[str]:
+    """The ISA_LIMITS set in this process's environment, as "NAME=value"."""
+    return [f"{k}={os.environ[k]}" for k in ISA_LIMITS if os.environ.get(k)]
+
+
 def cpu_isa() -> str:
     """The vector ISA torch's CPU kernels dispatch to ("AVX512", "AVX2", ...), followed by the
     ISA_LIMITS in force when any is set: "AVX2 (ATEN_CPU_CAPABILITY=avx2, ...)"."""
-    limits = [f"{k}={os.environ[k]}" for k in ISA_LIMITS if os.environ.get(k)]
+    limits = isa_limits()
     cap = torch.backends.cpu.get_cpu_capability()
     return f"{cap} ({', '.join(limits)})" if limits else cap
 
@@ -124,7 +129,7 @@ def machine_slug(device_name: str) -> str:
     plus "-as-<ISA>" while ISA_LIMITS are set, so a capped run never overwrites the file of
     the machine's own kernels."""
     slug = "".join(c if c.isalnum() else "-" for c in device_name).strip("-")[:40]
-    if any(os.environ.get(k) for k in ISA_LIMITS):
+    if isa_limits():
         slug += f"-as-{torch.backends.cpu.get_cpu_capability()}"
     return slug
 
