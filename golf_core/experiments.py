@@ -158,7 +158,7 @@ SCALES: dict[str, dict[str, Any]] = {
     # results/study/ (no checkpoints kept).
     "study": dict(
         train_scale="cpu",
-        seeds=(1337, 42, 7, 2024, 31337, 123, 999),
+        seeds=(1337, 42, 7, 2024, 31337, 123, 999, 2718, 3141, 1618),
         common={
             "model_dim": 64, "num_heads": 4, "num_kv_heads": 2,
             "train_batch_tokens": 2048, "micro_batch_tokens": 2048,
