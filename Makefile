@@ -62,7 +62,7 @@ REPORT_ARGS ?=
 report: venv
 	$(PY) -m golf_core.report --scale $(REPORT_SCALE) $(REPORT_ARGS)
 
-# The study scale (the writeup's verdicts): 77 runs, 7 paired seeds, two at a time; ~2-2.5 h
+# The study scale (the writeup's verdicts): 110 runs, 10 paired seeds, two at a time; ~3 h
 # on 2 cores, resumable (finished runs are skipped). Its small outputs land in results/study/
 # (committed); `make report` then renders them in notebooks/08_study.ipynb and the index.
 study: venv

@@ -13,8 +13,8 @@ Scales (DESIGN.md section 5):
     capped at AVX2, `make report CPU_ISA=avx2`): every model at
     width 64 on the built-in corpus, 180 steps of 1,024 tokens, 3 paired seeds on every arm
     a cpu verdict uses, two runs at a time;
-  * `study` the scale whose verdicts the writeup states (`make study`, ~2-2.5 h on 2 cores):
-    7 paired seeds, 300 steps of 2,048 tokens, PR #363's quantization table and the
+  * `study` the scale whose verdicts the writeup states (`make study`, ~3 h on 2 cores):
+    10 paired seeds, 300 steps of 2,048 tokens, PR #363's quantization table and the
     recurrence x extras 2x2; its small outputs are committed under results/study/;
   * `ci`   a few seconds per run for the end-to-end test: width 32, a dozen steps, a
     handful of speeches;
@@ -152,9 +152,9 @@ SCALES: dict[str, dict[str, Any]] = {
         eval_batch_seqs=32,
         jobs=2,  # runs at a time (each with cores / jobs threads)
     ),
-    # The scale whose verdicts the writeup states: 7 paired seeds, 2x the cpu scale's steps
+    # The scale whose verdicts the writeup states: 10 paired seeds, 2x the cpu scale's steps
     # at 2x its batch, blocks compiled (they pay off at 300 steps; train.py), 5565 s for the
-    # first 5 seeds and 2141 s for the last 2 on 2 cores. Its small outputs are committed under
+    # first 5 seeds, 2141 s for the next 2 and 3,103 s for the last 3 on 2 cores. Its small outputs are committed under
     # results/study/ (no checkpoints kept).
     "study": dict(
         train_scale="cpu",

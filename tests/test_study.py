@@ -27,7 +27,7 @@ def _verdict_arms(scale: str) -> dict[str, int]:
     return {a: len(seeds[a]) for a in arms}
 
 
-@pytest.mark.parametrize("scale, seeds", [("cpu", 3), ("study", 7)])
+@pytest.mark.parametrize("scale, seeds", [("cpu", 3), ("study", 10)])
 def test_every_arm_a_verdict_rests_on_has_enough_paired_seeds(scale, seeds):
     arms = _verdict_arms(scale)
     assert arms and min(arms.values()) >= seeds, arms
