@@ -154,8 +154,8 @@ SCALES: dict[str, dict[str, Any]] = {
     ),
     # The scale whose verdicts the writeup states: 10 paired seeds, 2x the cpu scale's steps
     # at 2x its batch, blocks compiled (they pay off at 300 steps; train.py), 5565 s for the
-    # first 5 seeds, 2141 s for the next 2 and 3,103 s for the last 3 on 2 cores. Its small outputs are committed under
-    # results/study/ (no checkpoints kept).
+    # first 5 seeds, 2141 s for the next 2 and 3103 s for the last 3 on 2 cores. Its small
+    # outputs are committed under results/study/ (no checkpoints kept).
     "study": dict(
         train_scale="cpu",
         seeds=(1337, 42, 7, 2024, 31337, 123, 999, 2718, 3141, 1618),
