@@ -30,7 +30,7 @@ export IPYTHONDIR := $(CURDIR)/.cache/ipython
 export JUPYTER_RUNTIME_DIR := $(CURDIR)/.cache/jupyter/runtime
 export PYTHONUNBUFFERED := 1
 
-.PHONY: venv test test-fast lint data report study bench gpu-check clean
+.PHONY: venv test test-fast lint data report study regime bench gpu-check clean
 
 venv: $(VENV)/.installed
 	@mkdir -p .cache/matplotlib .cache/inductor .cache/ipython .cache/jupyter/runtime
@@ -68,11 +68,19 @@ report: venv
 study: venv
 	$(PY) -m golf_core.launch --scale study
 
+# The regime ladder (golf_core/regime.py): looped vs flat at equal parameters and equal FLOPs,
+# over tokens per parameter from 2 to 100, two sizes, 5 paired seeds; hours on 2 cores,
+# resumable, rung by rung. Small outputs land in results/regime/ (committed).
+regime: venv
+	$(PY) -m golf_core.launch --scale regime
+
 # throughput, cost split, eval, artifacts; then our step beside upstream's GPT + Muon
-# (imports ../shared/reference/upstream_baseline_train_gpt.py; skips, saying so, without it)
+# (imports ../shared/reference/upstream_baseline_train_gpt.py; skips, saying so, without it);
+# then each published family's step beside its PR's own script (benchmarks/families.py)
 bench: venv
 	$(PY) -m benchmarks.run
 	$(PY) -m benchmarks.versus --compile blocks
+	$(PY) -m benchmarks.families
 
 # On a GPU node (torch with CUDA preinstalled): install, CUDA tests, upstream-size training,
 # side by side with upstream, one notebook; ~8 min. Writes benchmarks/results/gpu_check_*.json

@@ -195,7 +195,9 @@ def newton_schulz_ms(case: TrainCase, device: torch.device, repeat: int
     if not mats:
         return {"newton_schulz_ms": 0.0, "newton_schulz_loop_ms": 0.0, "newton_schulz_dtype": ""}
     steps, dtype = case.tcfg.muon_backend_steps, muons[0].ns_dtype
-    grads = [torch.randn_like(p) for p in mats]
+    # a 3-D bank (PR #1204's qo/kv/mlp banks) is orthogonalized slice by slice, as Muon does
+    grads = [s for p in mats for s in (torch.randn_like(p).unbind(0) if p.dim() == 3
+                                       else (torch.randn_like(p),))]
     runs: dict[str, list[float]] = {"newton_schulz_ms": [], "newton_schulz_loop_ms": []}
     for r in range(repeat + 1):  # the first round is a warm-up
         batched = timed(lambda: newton_schulz5_batched(grads, steps, dtype=dtype), device)

@@ -399,6 +399,9 @@ SCALES: dict[str, dict[str, Any]] = {
         # cap-based warmdown is ~9% of the ~13.8k steps it reaches): 25% of the steps here
         "warmdown_iters": 50,
         "warmup_steps": 0,  # no torch.compile to prime on CPU
+        # long runs (>= train.AUTO_COMPILE_MIN_STEPS) compile: a family's whole model, our
+        # GPT's blocks; shorter ones stay eager (the compile would not pay off)
+        "compile": "auto",
         "max_wallclock_seconds": 0.0,  # step-based: runs are reproducible and resumable exactly
         "val_loss_every": 50,
         "train_log_every": 10,

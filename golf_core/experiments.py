@@ -179,6 +179,20 @@ SCALES: dict[str, dict[str, Any]] = {
         jobs=2,
         runs_root="results/study",  # relative to the project root; committed
     ),
+    # The regime ladder (golf_core/regime.py lays out its runs: no matrix entries): pairs of a
+    # looped and a flat model at equal parameters and equal FLOPs over tokens per parameter.
+    "regime": dict(
+        train_scale="cpu",
+        seeds=(1337, 42, 7, 2024, 31337),
+        common={},
+        ladder=True,
+        checkpoints=0,
+        corpus_docs=0,
+        val_docs=20,
+        eval_batch_seqs=32,
+        jobs=2,
+        runs_root="results/regime",
+    ),
     "ci": dict(
         train_scale="cpu",
         seeds=SEEDS[:1],  # one run per label: the test checks the pipeline, not the spread
@@ -302,6 +316,9 @@ def run_matrix(scale: str = "cpu", *, groups: Sequence[str] | str = "all",
     `data_path`/`tokenizer_path` name the shards and tokenizer (empty: the prepared default
     corpus of the scale, see `dataset_dir`); `extra` overrides are applied to every run."""
     cfg = scale_settings(scale)
+    if cfg.get("ladder"):
+        raise ValueError(f"scale {scale!r} is the regime ladder: golf_core.regime.ladder() "
+                         "lays out its runs")
     wanted = _parse_groups(groups)
     data = data_path or str(dataset_dir(scale))
     tok = tokenizer_path or str(Path(data) / "tokenizer.model")

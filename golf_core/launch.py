@@ -143,7 +143,8 @@ def _row(spec: RunSpec) -> dict[str, object]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m golf_core.launch --scale study`: prepare the scale's data and train its
-    whole matrix (`make study`); resumable: finished runs are skipped, a killed one resumes."""
+    whole matrix (`make study`; `--scale regime`: the regime ladder, `make regime`);
+    resumable: finished runs are skipped, a killed one resumes."""
     import argparse
 
     from golf_core import experiments
@@ -156,7 +157,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         cfg = experiments.scale_settings(args.scale)
-        specs = experiments.run_matrix(args.scale, groups=args.groups)
+        if cfg.get("ladder"):  # `make regime`: the ladder lays out its own runs
+            from golf_core import regime
+
+            specs = regime.ladder()
+        else:
+            specs = experiments.run_matrix(args.scale, groups=args.groups)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

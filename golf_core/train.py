@@ -166,11 +166,14 @@ def _stored_config(run_dir: Path) -> dict[str, Any]:
 COMPILE_MODES = ("none", "blocks", "model", "auto")
 _COMPILE_ALIASES = {"0": "none", "false": "none", "no": "none", "off": "none",
                     "1": "model", "true": "model", "yes": "model", "on": "model"}
-# auto on CPU compiles the blocks from this many steps on. Measured (benchmarks/results/
-# optimizations.md, 2 shared cores, widths 64-128): compiled blocks save ~15-25% of a step
-# (~50-400 ms) and cost ~20-75 s of compiling on a cold inductor cache (~5-10 s warm), so they
-# pay off after at most ~1000 steps. The published families at width 64 (PR #325's 3x3, 2
-# threads, Intel Xeon, 2026-12-01): 480 -> 320 ms/step, first step 56 s cold / 6 s warm.
+# auto on CPU compiles from this many steps on: our GPT's blocks, a published family's whole
+# model. Measured (benchmarks/results/optimizations.md, 2 shared cores, widths 64-128):
+# compiled blocks save ~15-25% of our GPT's step (~50-400 ms) and cost ~20-75 s of compiling
+# on a cold inductor cache (~5-10 s warm), so they pay off after at most ~1000 steps. The
+# families compile whole (fullgraph, no graph break): blocks alone left their per-layer control
+# arithmetic, skips and lanes eager. PR #1204 / PR #325's 3x3 at width 32, 4,096 tokens a step,
+# fp32, 2 threads, AMD EPYC (Zen 5), 2026-12-02: eager 178 / 176 ms, blocks 176 / 151 ms,
+# whole model 119 / 119 ms (benchmarks/families.py); first step 35 s cold.
 AUTO_COMPILE_MIN_STEPS = 1000
 
 
@@ -212,9 +215,10 @@ def compile_mode_name(value: str) -> str:
 
 def resolve_compile(tcfg: TrainConfig, device: torch.device,
                     model: torch.nn.Module) -> tuple[str, str]:
-    """(mode, why): what `compile` does for this run. auto: on CPU, the blocks of our GPT
-    once the run has AUTO_COMPILE_MIN_STEPS steps (the compile cost then pays off); else none
-    (on a GPU auto does not compile: say `model` or `blocks` there)."""
+    """(mode, why): what `compile` does for this run. auto: on CPU, once the run has
+    AUTO_COMPILE_MIN_STEPS steps (the compile cost then pays off), a published family's whole
+    model (`compile_whole`) or our GPT's blocks; else none (on a GPU auto does not compile: say
+    `model` or `blocks` there)."""
     mode = compile_mode_name(tcfg.compile)
     if mode == "blocks" and not compile_targets(model):
         raise ConfigError(f"compile=blocks: {type(model).__name__} has no `blocks` list")
@@ -222,18 +226,27 @@ def resolve_compile(tcfg: TrainConfig, device: torch.device,
         return mode, "as set"
     if device.type != "cpu":
         return "none", f"auto compiles only on CPU (device {device.type})"
-    if not compile_targets(model):
+    whole = compile_whole(model)
+    if not whole and not compile_targets(model):
         return "none", f"auto: {type(model).__name__} has no blocks to compile"
     if tcfg.iterations < AUTO_COMPILE_MIN_STEPS:
         return "none", (f"auto: iterations {tcfg.iterations} < {AUTO_COMPILE_MIN_STEPS}, too "
                         "short for the compile time to pay off")
-    return "blocks", f"auto: iterations {tcfg.iterations} >= {AUTO_COMPILE_MIN_STEPS} on CPU"
+    what = "model" if whole else "blocks"
+    return what, f"auto: iterations {tcfg.iterations} >= {AUTO_COMPILE_MIN_STEPS} on CPU"
+
+
+def compile_whole(model: torch.nn.Module) -> bool:
+    """Whether auto compiles `model` whole: the published families (golf_core/model/pr*.py),
+    which trace without a graph break and train faster whole than by blocks."""
+    cfg = getattr(model, "cfg", None)
+    return getattr(cfg, "family", "golf") != "golf"
 
 
 def apply_compile(model: torch.nn.Module, mode: str) -> torch.nn.Module:
     """The callable the loop trains with: the model, its blocks compiled in place (state-dict
     names unchanged), or the whole model compiled."""
-    if mode == "model":
+    if mode == "model":  # a published family traces whole (its tests check fullgraph=True)
         return torch.compile(model)
     if mode == "blocks":
         for block in compile_targets(model):
@@ -572,8 +585,11 @@ class Trainer:
         t = self.tcfg
         local = t.val_batch_size // (self.rt.world_size * self.plan.grad_accum_steps)
         batch_seqs = max(1, local // t.train_seq_len)  # upstream's val batch per rank
-        # compiled blocks evaluate eagerly: no second (inference) compile, eager's numbers
-        eager = (torch.compiler.set_stance("force_eager") if self.compile_mode == "blocks"
+        # a compiled run on CPU evaluates eagerly (so did compiled blocks everywhere): no
+        # second (inference, eval-batch) compile, and eager's numbers
+        eager_eval = self.compile_mode == "blocks" or (
+            self.compile_mode == "model" and self.rt.device.type == "cpu")
+        eager = (torch.compiler.set_stance("force_eager") if eager_eval
                  else contextlib.nullcontext())
         with autocast_context(self.rt), eager:
             return evaluate_bpb(model, self.data.val_tokens, t.train_seq_len, self.data.tables,

@@ -192,7 +192,7 @@ def test_compile_setting_reads_modes_and_the_old_booleans():
     assert _compile_as_text({"compile": False})["compile"] == "0"  # flat config
 
 
-def test_auto_compile_picks_blocks_only_for_long_cpu_runs_of_our_gpt():
+def test_auto_compile_picks_blocks_for_long_cpu_runs_of_our_gpt():
     model, cpu = GPT(CFG), torch.device("cpu")
     short = TrainConfig(compile="auto", iterations=AUTO_COMPILE_MIN_STEPS - 1)
     long = TrainConfig(compile="auto", iterations=AUTO_COMPILE_MIN_STEPS)

@@ -65,6 +65,7 @@ from golf_core.model.extras import (
     apply_partial_rotary,
     ln_scale_factor,
     ntk_rope_angles,
+    ntk_rope_tables,
     rope_inv_freq,
     xsa,
 )
@@ -137,6 +138,9 @@ class PartialRotary(nn.Module):
         self._cache: tuple[int, torch.device, Tensor, Tensor] | None = None
 
     def forward(self, seq_len: int, device: torch.device, dtype: torch.dtype) -> tuple:
+        if torch.compiler.is_compiling():  # no cache (a graph break): one opaque op a forward
+            cos, sin = ntk_rope_tables(seq_len, self.base, self.rope_dims, device, self.inv_freq)
+            return cos[None, :, None].to(dtype), sin[None, :, None].to(dtype)
         c = self._cache  # a table made under inference_mode cannot be saved for backward
         stale = c is not None and c[2].is_inference() and not torch.is_inference_mode_enabled()
         if c is None or stale or c[0] != seq_len or c[1] != device:

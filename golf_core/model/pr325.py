@@ -58,7 +58,7 @@ from golf_core.model.extras import (
     SmearGate,
     apply_partial_rotary,
     ln_scale_factor,
-    ntk_rope_angles,
+    ntk_rope_tables,
     shift_right,
     xsa,
 )
@@ -148,8 +148,8 @@ class NTKPartialRotary(nn.Module):
         self.rd, self.base = rope_dims or head_dim, base
 
     def forward(self, seq_len: int, device: torch.device) -> tuple[Tensor, Tensor]:
-        freqs = ntk_rope_angles(seq_len, self.base, self.rd, device)  # computed on `device`
-        return freqs.cos()[None, None], freqs.sin()[None, None]  # (1, 1, T, rd/2) each
+        cos, sin = ntk_rope_tables(seq_len, self.base, self.rd, device)  # made on `device`
+        return cos[None, None], sin[None, None]  # (1, 1, T, rd/2) each
 
 
 def _vec(p: Tensor, like: Tensor) -> Tensor:

@@ -1,0 +1,107 @@
+"""The families' fast training path (the whole model under torch.compile, which `compile=auto`
+picks for long CPU runs) against the faithful eager path it is tested against: on each
+family's golden vectors (../shared/fixtures, made by the PR's own script) the compiled model
+traces without a graph break (fullgraph=True), gives the script's loss, and its loss and every
+gradient equal eager's to fp32 rounding."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from conftest import expected, fixture_dir
+from golf_core.config import ModelConfig, TrainConfig, apply_overrides, from_dict, resolve
+from golf_core.model import build_model, preset
+from golf_core.train import AUTO_COMPILE_MIN_STEPS, compile_whole, resolve_compile
+
+
+def _pr1204() -> tuple[torch.nn.Module, dict, float]:
+    exp = expected("upstream_pr1204")
+    args = dict(exp["config"], family="pr1204")
+    args["negative_slope"] = args.pop("neg_slope")
+    model = build_model(from_dict(ModelConfig, args, source="expected.json"))
+    model.set_recurrence_active(True)  # before loading, as the script's eval path does
+    return model, exp, exp["loss_recurrence_on"]
+
+
+def _pr325() -> tuple[torch.nn.Module, dict, float]:
+    exp = expected("upstream_pr325")
+    model = build_model(apply_overrides(ModelConfig(family="pr325"), exp["config"]))
+    return model, exp, exp["loss"]
+
+
+def _pr54() -> tuple[torch.nn.Module, dict, float]:
+    exp = expected("upstream_pr54")
+    from golf_core.model.pr54 import config_from_state_dict
+
+    sd = torch.load(fixture_dir("upstream_pr54") / "state_dict.pt", weights_only=True)
+    return build_model(config_from_state_dict(sd)), exp, exp["loss"]
+
+
+def _pr363() -> tuple[torch.nn.Module, dict, float]:
+    exp = expected("upstream_pr363")
+    cfg = from_dict(ModelConfig, {"family": "pr363", **exp["config"]}, source="expected.json")
+    return build_model(cfg), exp, exp["loss"]
+
+
+FAMILIES = {"pr1204": ("upstream_pr1204", _pr1204), "pr325": ("upstream_pr325", _pr325),
+            "pr54": ("upstream_pr54", _pr54), "pr363": ("upstream_pr363", _pr363)}  # fmt: skip
+
+
+def _loaded(family: str) -> tuple[torch.nn.Module, dict, float]:
+    name, make = FAMILIES[family]
+    folder = fixture_dir(name)
+    model, _, want = make()
+    model.load_state_dict(torch.load(folder / "state_dict.pt", weights_only=True), strict=True)
+    return model, torch.load(folder / "batch.pt", weights_only=True), want
+
+
+def _loss_and_grads(fn, model, batch) -> tuple[float, dict[str, torch.Tensor]]:
+    model.zero_grad(set_to_none=True)
+    loss = fn(batch["input_ids"], batch["target_ids"])
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return loss.item(), grads
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_the_compiled_model_gives_the_scripts_loss_and_eagers_gradients(family):
+    model, batch, want = _loaded(family)
+    model.eval()  # the fixtures' losses are eval-mode (PR #325's MTP heads train only)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True)  # a graph break fails here
+    fast, fast_grads = _loss_and_grads(compiled, model, batch)
+    eager, eager_grads = _loss_and_grads(model, model, batch)
+    assert fast == pytest.approx(want, rel=1e-5)  # the PR's script's number
+    assert fast == pytest.approx(eager, rel=1e-6)
+    assert fast_grads.keys() == eager_grads.keys() and fast_grads
+    for name, g in eager_grads.items():
+        scale = g.abs().max().clamp_min(1e-12)
+        err = ((fast_grads[name] - g).abs().max() / scale).item()
+        assert err < 1e-4, f"{name}: compiled gradient off by {err:.2e} of its max"
+
+
+def test_auto_compiles_a_published_family_whole_and_our_gpt_by_blocks():
+    cpu = torch.device("cpu")
+    long = TrainConfig(compile="auto", iterations=AUTO_COMPILE_MIN_STEPS)
+    short = replace(long, iterations=AUTO_COMPILE_MIN_STEPS - 1)
+    small = {"model_dim": 32, "num_heads": 2, "num_kv_heads": 1}
+    for name in ("pr1204", "pr363-3x3", "pr363-flat", "pr54", "pr363", "unet"):
+        extra = {"rope_dims": 4} if preset(name).family in ("pr325", "pr1204") else {}
+        mcfg, _ = resolve(scale="cpu", preset=name, environ={}, sets={**small, **extra})
+        model = build_model(mcfg)
+        whole = name != "unet"
+        assert compile_whole(model) is whole, name
+        assert resolve_compile(long, cpu, model)[0] == ("model" if whole else "blocks"), name
+        assert resolve_compile(short, cpu, model)[0] == "none", name
+        assert resolve_compile(long, torch.device("cuda"), model)[0] == "none", name
+
+
+def test_the_cpu_scale_compiles_by_default_once_a_run_is_long():
+    _, tcfg = resolve(scale="cpu", preset="pr1204", environ={})
+    assert tcfg.compile == "auto"
+    _, upstream = resolve(preset="pr1204", environ={})
+    assert upstream.compile == "none"  # the dataclass default; upstream's GPU runs say model
