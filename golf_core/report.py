@@ -71,8 +71,9 @@ class ReportError(RuntimeError):
 
 
 def default_upstream_log() -> str:
-    """PR #1204's seed-1337 log from the shared fixtures (GOLF_FIXTURES or ../shared), or ""."""
-    root = Path(os.environ.get("GOLF_FIXTURES", REPO.parent / "shared" / "fixtures"))
+    """PR #1204's seed-1337 log from the golden vectors (GOLF_FIXTURES, else tests/golden/ of
+    this checkout), or ""."""
+    root = Path(os.environ.get("GOLF_FIXTURES", REPO / "tests" / "golden"))
     path = root / "upstream_logs" / UPSTREAM_LOG
     return str(path) if path.is_file() else ""
 

@@ -1,4 +1,4 @@
-"""Shared test setup: the upstream golden fixtures (../shared/fixtures) and a tmp project root."""
+"""Shared test setup: the golden vectors of the PRs' scripts (tests/golden/), a tmp project root."""
 
 from __future__ import annotations
 
@@ -12,14 +12,16 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-FIXTURES = Path(os.environ.get("GOLF_FIXTURES", REPO.parent / "shared" / "fixtures"))
+# The golden vectors made by the PRs' scripts ship in tests/golden/ (README there says which
+# script and config made each); GOLF_FIXTURES points the tests at another copy.
+FIXTURES = Path(os.environ.get("GOLF_FIXTURES", REPO / "tests" / "golden"))
 
 
 def fixture_dir(name: str) -> Path:
-    """A folder of ../shared/fixtures, or skip (saying why) where the folder is absent."""
+    """A folder of tests/golden/, or skip (saying why) where the folder is absent."""
     path = FIXTURES / name
     if not path.is_dir():
-        pytest.skip(f"upstream fixtures not found at {path} (they live in ../shared/fixtures)")
+        pytest.skip(f"golden vectors not found at {path} (they ship in tests/golden/)")
     return path
 
 

@@ -1,5 +1,5 @@
 """Family "pr325": PR #325's looped middle-cycle GPT against its golden vectors
-(../shared/fixtures/upstream_pr325: the script's own GPT, perturbed weights, float32)."""
+(tests/golden/upstream_pr325: the script's own GPT, perturbed weights, float32)."""
 
 from __future__ import annotations
 

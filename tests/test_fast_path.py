@@ -1,6 +1,6 @@
 """The families' fast training path (the whole model under torch.compile, which `compile=auto`
 picks for long CPU runs) against the faithful eager path it is tested against: on each
-family's golden vectors (../shared/fixtures, made by the PR's own script) the compiled model
+family's golden vectors (tests/golden/, made by the PR's own script) the compiled model
 traces without a graph break (fullgraph=True), gives the script's loss, and its loss and every
 gradient equal eager's to fp32 rounding."""
 

@@ -1,7 +1,7 @@
 """Our GPT: the upstream baseline with every depth-recurrence variant of this project as a
 configuration of it (`family="golf"`).
 
-The baseline path is upstream's exactly (verified against ../shared/fixtures/upstream_baseline:
+The baseline path is upstream's exactly (verified against tests/golden/upstream_baseline:
 same state-dict names and shapes, same loss): embedding -> RMSNorm = x0; U-Net encoder half
 pushes, decoder half pops LIFO through `skip_weights`; each block mixes x with x0 through
 `resid_mix`, then adds scaled attention and relu^2 MLP outputs; tied head; tanh softcap.

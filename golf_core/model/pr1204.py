@@ -3,7 +3,7 @@
 Follows `GPT` of ../shared/reference/pr1204_parallel_resid_mini_recur_train_gpt.py
 (openai/parameter-golf PR #1204, records/track_10min_16mb/
 2026-03-31_ParallelResiduals_MiniDepthRecurrence), state-dict names kept so its
-`final_model.pt` loads with `strict=True` (checked against ../shared/fixtures/upstream_pr1204).
+`final_model.pt` loads with `strict=True` (checked against tests/golden/upstream_pr1204).
 
 - Weights in banks, one slice per *physical* layer p of L: `qo_bank` [2L, d, d] (q = [p],
   out = [L + p]), `kv_bank` [2L, kv, d] (k = [p], v = [L + p]), `mlp_up_bank` [L, m, d],
@@ -104,7 +104,7 @@ LANE_COLUMNS = (
 )  # fmt: skip
 
 PRESETS: dict[str, dict] = {
-    # The record as its logs (seeds 1337, 42; ../shared/fixtures/upstream_logs) ran it: 11 x
+    # The record as its logs (seeds 1337, 42; tests/golden/upstream_logs) ran it: 11 x
     # 512, 8 heads / 4 KV, 3x MLP, XSA on the last 11 of 13 virtual layers, layers 4,5 repeated
     # from step 3000 with untied MLPs, lanes from physical 7, layer-0 attention off, script
     # defaults elsewhere (VE 128 on 9,10, partial RoPE 16, LN scale, slope 0.5). BigramHash

@@ -2,7 +2,7 @@
 
 Follows `GPT` of ../shared/reference/pr54_rqz_golf_train_gpt.py (openai/parameter-golf PR #54,
 records/track_non_record_16mb/rqz_golf_v1), state-dict names kept so its `final_model.pt`
-loads with `strict=True` (checked against ../shared/fixtures/upstream_pr54):
+loads with `strict=True` (checked against tests/golden/upstream_pr54):
 
 - `tok_emb` -> RMSNorm = x0, as upstream's baseline.
 - `blocks[0 .. U)`: the U = NUM_UNIQUE_LAYERS unique blocks as upstream's whole U-Net: the
