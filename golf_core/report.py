@@ -45,6 +45,7 @@ NOTEBOOKS = (
     "06_test_time_depth",
     "07_explore_routing",
     "08_study",
+    "09_regime",
     "99_report",
 )
 WRITEUP = "99_report"
@@ -58,6 +59,7 @@ TITLES = {
     "06_test_time_depth": "Test-time depth (PR #54)",
     "07_explore_routing": "Routing explorer (interactive in JupyterLab)",
     "08_study": "The study: findings that decide",
+    "09_regime": "The regime map: where recurrence starts to pay",
     "99_report": "Report",
 }
 UPSTREAM_LOG = "parallel_resid_mini_recur_seed1337.log"  # PR #1204's seed-1337 record log
@@ -94,6 +96,7 @@ def notebook_parameters(scale: str, *, data_path: str = "", tokenizer_path: str 
         "06_test_time_depth": dict(common),
         "07_explore_routing": dict(common),
         "08_study": {"upstream_log": log},
+        "09_regime": {},
         "99_report": {**common, "upstream_log": log},
     }
 

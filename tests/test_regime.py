@@ -1,0 +1,125 @@
+"""The regime ladder (golf_core/regime.py) and its map (golf_core/regime_map.py): the pairs
+match at the competition's constraints, the rungs span the asked range, and the findings
+recover a known crossover from synthetic runs."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from golf_core import regime, regime_map
+
+
+@pytest.fixture(scope="module")
+def rungs():
+    return regime.rungs()
+
+
+def test_every_pair_matches_in_stored_parameters_and_training_flops_within_2pct(rungs):
+    for r in rungs:
+        mis = r.mismatch()
+        assert abs(mis["params"]) <= regime.TOLERANCE, (r.label, mis)
+        assert abs(mis["flops"]) <= regime.TOLERANCE, (r.label, mis)
+        assert r.flops["loop"] <= r.flops["flat"]  # whole steps that fit the budget
+
+
+def test_the_ladder_spans_the_asked_range_at_both_sizes(rungs):
+    by = {}
+    for r in rungs:
+        by.setdefault((r.size, r.pair), []).append(r.achieved_ratio())
+    assert set(by) == {("A", "records"), ("A", "pr363"), ("B", "records")}
+    for (size, _), ratios in by.items():
+        assert len(ratios) >= (5 if size == "A" else 3)
+        assert min(ratios) <= 2.01 and max(ratios) >= 99.9
+        steps = np.diff(np.log(sorted(ratios)))
+        assert np.allclose(steps, steps[0], rtol=0.02)  # log-spaced
+    a = regime.rung("A", "records", 2.0).facts["flat"]["non_embedding"]
+    b = regime.rung("B", "records", 2.0).facts["flat"]["non_embedding"]
+    assert 80_000 <= a <= 130_000 and 2.0 <= b / a <= 3.0
+
+
+def test_the_records_pair_differs_only_in_the_loop_and_its_start(rungs):
+    r = next(x for x in rungs if x.pair == "records")
+    (p_loop, loop), (p_flat, flat) = r.arms["loop"], r.arms["flat"]
+    assert p_loop == p_flat == "pr1204"
+    assert loop["recur_layers"] == (4, 5) and flat["recur_layers"] == ()
+    assert loop["recur_start_frac"] == regime.RECORD_START_FRAC
+    assert loop["repeat_untie_mlp"] == flat["repeat_untie_mlp"] == "none"
+    model_keys = {"model_dim", "num_heads", "bigram_vocab_size", "bigram_dim", "ve_dim"}
+    assert {k: loop[k] for k in model_keys} == {k: flat[k] for k in model_keys}
+    # the tables are scaled with the width, not the published 2816 x 160 and 128
+    assert loop["bigram_vocab_size"] < 400 and loop["bigram_dim"] <= 16 and loop["ve_dim"] <= 16
+
+
+def test_the_ladders_runs_are_paired_by_seed_and_named_for_the_map():
+    specs = regime.ladder()
+    assert len(specs) == 2 * len(regime.SEEDS) * sum(
+        len(regime.RUNGS[s]) for sizes in regime.PAIRS.values() for s in sizes)
+    assert len({s.name for s in specs}) == len(specs)
+    for spec in specs:
+        m = regime_map.NAME.match(spec.name)
+        assert m, spec.name
+        assert int(m["seed"]) == spec.seed and m["arm"] in regime.ARMS
+        assert "results/regime" in str(spec.run_dir)
+    first = specs[: 2 * len(regime.SEEDS)]  # rung by rung: a rung's seeds come first
+    assert len({regime_map.NAME.match(s.name)["rung"] for s in first}) == 1
+
+
+def _synthetic(root, a: float, b: float, noise: float, seeds=range(8)) -> None:
+    """Finished-run folders whose paired gap is a + b ln(D/N) + noise."""
+    rng = np.random.default_rng(0)
+    facts = regime_map.plan_facts()[("A", "records", "flat")]
+    for ratio in regime.RUNGS["A"]:
+        tokens = ratio * facts["non_embedding"]
+        for seed in seeds:
+            base = 2.0 + rng.normal(0, 0.02)
+            gap = a + b * math.log(ratio) + rng.normal(0, noise)
+            for arm, bpb in (("flat", base), ("loop", base + gap)):
+                run = root / f"regime-A-records-r{ratio:.3g}-{arm}-s{seed}-abcdef"
+                run.mkdir(parents=True)
+                (run / "config.json").write_text(json.dumps({"model": {"model_dim": 32}}))
+                (run / "summary.json").write_text(json.dumps({
+                    "val_bpb": bpb, "roundtrip_val_bpb": bpb + 0.001, "tokens_seen": tokens,
+                    "steps": 1, "artifact_bytes": 1, "params": {"total": 1}}))
+
+
+def test_the_map_recovers_a_known_crossover_with_an_interval_around_it(tmp_path):
+    _synthetic(tmp_path, a=0.02, b=-0.01, noise=0.002)  # crosses zero at D/N = e^2 = 7.39
+    runs = regime_map.runs_table(tmp_path)
+    assert len(runs) == 2 * 8 * len(regime.RUNGS["A"])
+    gaps = regime_map.gap_table(runs)
+    bpb = gaps[gaps["metric"] == "val_bpb"].sort_values("rung")
+    assert (bpb["n"] == 8).all()
+    want = 0.02 - 0.01 * np.log(bpb["flat_tokens_per_param"])
+    assert ((bpb["ci_low"] < want + 0.003) & (bpb["ci_high"] > want - 0.003)).all()
+    cross = regime_map.crossover(runs, resamples=300).iloc[0]
+    assert cross["ci_low"] < math.exp(2) < cross["ci_high"]
+    assert cross["crossover"] == pytest.approx(math.exp(2), rel=0.15)
+    assert "loop wins at the highest rung" in cross["statement"]
+
+
+def test_a_loop_that_never_catches_up_gets_a_bound_not_a_number(tmp_path):
+    _synthetic(tmp_path, a=0.05, b=-0.002, noise=0.001)  # still +0.04 at D/N 100
+    runs = regime_map.runs_table(tmp_path)
+    cross = regime_map.crossover(runs, resamples=100).iloc[0]
+    assert cross["statement"].startswith("no crossover below D/N 100")
+    assert "Over ln(D/N): no crossover below D/N 100" in regime_map.headline(runs)
+
+
+def test_the_law_gives_the_crossovers_research_derived_from_it():
+    # RESEARCH.md: ~100 at 0.1M parameters, ~160 at 1M and ~350 at 36M
+    assert regime_map.law_crossover(1e5) == pytest.approx(100, rel=0.05)
+    assert regime_map.law_crossover(1e6) == pytest.approx(160, rel=0.05)
+    assert regime_map.law_crossover(36e6) == pytest.approx(350, rel=0.05)
+    assert regime_map.records_ratio() == pytest.approx(109, rel=0.02)
+
+
+def test_an_empty_results_folder_says_so_instead_of_failing(tmp_path):
+    runs = regime_map.runs_table(tmp_path / "none")
+    assert runs.empty and regime_map.gap_table(runs).empty
+    assert "no finished runs" in regime_map.headline(runs)
+    assert isinstance(regime_map.predictions(runs), pd.DataFrame)
