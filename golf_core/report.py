@@ -240,6 +240,9 @@ def markdown_table(df: Any, digits: int = 4) -> str:
     return "\n".join([header, rule, *body])
 
 
+FIGURE_RUNS_LISTED = 8  # a caption names up to this many runs; more: the sidecar lists them
+
+
 def figure_panel(*names: str) -> list[Any]:
     """IPython displays of saved figures (the SVG file: the page inlines it) each with a
     caption from its sidecar (runs and commit); a missing figure is an error naming it."""
@@ -254,7 +257,9 @@ def figure_panel(*names: str) -> list[Any]:
             raise FileNotFoundError(f"figure {name!r}: {svg} or its sidecar is missing; "
                                     "execute the notebook that draws it first")
         info = json.loads(meta.read_text())
-        runs = ", ".join(f"`{r if '/' not in r else Path(r).name}`" for r in info["runs"])
+        names = [r if "/" not in r else Path(r).name for r in info["runs"]]
+        runs = (", ".join(f"`{r}`" for r in names) if len(names) <= FIGURE_RUNS_LISTED
+                else f"{len(names)} runs, listed in `figures/{name}.json`")
         out.append(SVG(filename=str(svg)))
         out.append(Markdown(f"*Figure `{name}`* (commit `{str(info['commit'])[:10]}`; "
                             f"runs: {runs})"))

@@ -144,7 +144,8 @@ def writeup_sections(executed: Path | None) -> dict[str, Any]:
     """What the index quotes from the executed writeup: `scale` (HTML of its scale
     paragraph), `hardware` (the hardware table's HTML) and `findings` (rows of the findings
     table); empty where the writeup has not run."""
-    out: dict[str, Any] = {"scale": "", "hardware": "", "findings": [], "study": []}
+    out: dict[str, Any] = {"scale": "", "hardware": "", "findings": [], "study": [],
+                           "answer": "", "answer_figure": ""}
     if executed is None or not executed.is_file():
         return out
     import nbformat
@@ -156,7 +157,12 @@ def writeup_sections(executed: Path | None) -> dict[str, Any]:
             out["scale"] = markdown2html(_text(o, "text/markdown"))
         elif "text/html" in o.get("data", {}):
             out["hardware"] = _text(o, "text/html")
-    for key, needle in (("findings", "report.findings("), ("study", "report.study_findings(")):
+    for o in _cell_outputs(nb, "writeup.abstract_markdown("):
+        if "text/markdown" in o.get("data", {}) and not out["answer"]:
+            out["answer"] = markdown2html(_text(o, "text/markdown"))
+        elif "image/svg+xml" in o.get("data", {}) and not out["answer_figure"]:
+            out["answer_figure"] = _text(o, "image/svg+xml")
+    for key, needle in (("findings", "report.findings("), ("study", "writeup.with_regime(")):
         for o in _cell_outputs(nb, needle):
             if "text/markdown" in o.get("data", {}):
                 out[key] = markdown_rows(_text(o, "text/markdown"))
@@ -241,6 +247,9 @@ def write_index(pages: Mapping[str, Path], times: Mapping[str, float], scale: st
             "recorded one.</p>" if first is not None else "")
     scale_html = (quoted["scale"] + quoted["hardware"]) or (
         "<p class='golf-muted'>(from the writeup, which has not run at this scale)</p>")
+    answer_html = (f"<h2>The answer</h2>\n{quoted['answer']}\n"
+                   f"<figure class='golf-figure'>{quoted['answer_figure']}</figure>"
+                   if quoted["answer"] else "")
     cmd = command or f"make report REPORT_SCALE={scale}"
     body = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
@@ -254,6 +263,7 @@ class="golf-nav-scale">{html.escape(scale)} scale</span></nav>
 <h1>Depth recurrence in parameter-golf GPTs</h1>
 <p class="golf-lede">{html.escape(QUESTION)}</p>
 {lead}
+{answer_html}
 <h2>Scale and hardware</h2>
 {scale_html}
 <h2>Findings at the study scale</h2>

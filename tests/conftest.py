@@ -49,10 +49,11 @@ def ci_report(tmp_path_factory):
     """`python -m golf_core.report --scale ci` once per session, into a throwaway project
     root: (root, completed process). test_report.py and test_browser.py read it."""
     root = tmp_path_factory.mktemp("golf_root")
-    study = REPO / "results" / "study"
-    if study.is_dir():  # the committed study's small files: notebook 08 and the index read them
-        shutil.copytree(study, root / "results" / "study",
-                        ignore=shutil.ignore_patterns("checkpoints", "*.pt", "*.ptz"))
+    for kind in ("study", "regime"):  # committed small files: notebooks 08, 09, 99 read them
+        committed = REPO / "results" / kind
+        if committed.is_dir():
+            shutil.copytree(committed, root / "results" / kind,
+                            ignore=shutil.ignore_patterns("checkpoints", "*.pt", "*.ptz"))
     proc = subprocess.run([sys.executable, "-m", "golf_core.report", "--scale", "ci"],
                           cwd=REPO, env=report_env(root), capture_output=True, text=True,
                           timeout=900)
