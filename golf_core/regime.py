@@ -28,7 +28,9 @@ Rungs: D / N, where D is the flat arm's training tokens and N its non-embedding 
 (every parameter but the nn.Embedding tables): size A 2, 5.3, 14, 38, 100 (log-spaced); size
 B 2, 14, 100. The looped arm of a rung trains the flat arm's FLOPs (golf_core.flops, the
 delayed loop's cheaper steps before the switch counted as such), so it sees fewer tokens.
-Seeds 1337, 42, 7, 2024, 31337 (paired: a seed is shared by both arms of a rung).
+Seeds 1337, 42, 7, 2024, 31337 (paired: a seed is shared by both arms of a rung). At size A's
+highest rung the records' pair has a third arm, the loop on from step 0 (`ALWAYS_ON_AT`): the
+records' delayed-vs-always-on question, asked at the D/N where the records train.
 
 Runs write under results/regime/ (committed; checkpoints are not). `make regime` trains what is
 missing, two at a time, rung by rung (every seed of a rung before the next), resumable.
@@ -67,6 +69,10 @@ RUNGS: dict[str, tuple[float, ...]] = {
 }
 PAIRS: dict[str, tuple[str, ...]] = {"records": ("A", "B"), "pr363": ("A",)}
 ARMS = ("loop", "flat")
+# The records' delayed-vs-always-on question, asked where the records train: at each listed
+# size's highest rung the records' pair gets a third arm, the loop on from step 0 ("always"),
+# trained the flat arm's FLOPs like the delayed loop.
+ALWAYS_ON_AT = ("A",)
 
 # The published widths the tables are scaled from (PR #1204: 512; PR #325 / #363: 640).
 _PUBLISHED_WIDTH = {"pr1204": 512, "pr325": 640}
@@ -220,11 +226,11 @@ class Rung:
     def achieved_ratio(self) -> float:
         return self.tokens("flat") / self.facts["flat"]["non_embedding"]
 
-    def mismatch(self) -> dict[str, float]:
-        """Relative differences loop vs flat: unique parameters and training FLOPs."""
+    def mismatch(self, arm: str = "loop") -> dict[str, float]:
+        """Relative differences `arm` vs flat: stored parameters and training FLOPs."""
         f = self.facts
-        return {"params": f["loop"]["unique"] / f["flat"]["unique"] - 1,
-                "flops": self.flops["loop"] / self.flops["flat"] - 1}
+        return {"params": f[arm]["unique"] / f["flat"]["unique"] - 1,
+                "flops": self.flops[arm] / self.flops["flat"] - 1}
 
 
 def rung(size: str, pair: str, ratio: float) -> Rung:
@@ -235,13 +241,18 @@ def rung(size: str, pair: str, ratio: float) -> Rung:
         width, rank = loop_shape(size)
         preset_name, sets = arm_settings(pair, "loop", size, width)
         arms["loop"] = (preset_name, {**sets, "loop_adapter_dim": rank})
-    facts = {arm: model_facts(*arms[arm]) for arm in ARMS}
+    if pair == "records" and size in ALWAYS_ON_AT and ratio == max(RUNGS[size]):
+        preset_name, sets = arms["loop"]
+        arms["always"] = (preset_name, {**sets, "recur_start_frac": 0.0, "recur_start_step": 0})
+    facts = {arm: model_facts(*arms[arm]) for arm in arms}
     flat_it = max(1, round(ratio * facts["flat"]["non_embedding"] / BATCH_TOKENS))
-    start = RECORD_START_FRAC if pair == "records" else 0.0
     budget = run_flops(facts["flat"], flat_it)
-    loop_it = matched_iterations(facts["loop"], budget, start)
-    iterations = {"loop": loop_it, "flat": flat_it}
-    flops = {"loop": run_flops(facts["loop"], loop_it, start), "flat": budget}
+    starts = {"loop": RECORD_START_FRAC if pair == "records" else 0.0, "always": 0.0}
+    iterations, flops = {"flat": flat_it}, {"flat": budget}
+    for arm in arms:
+        if arm != "flat":
+            iterations[arm] = matched_iterations(facts[arm], budget, starts[arm])
+            flops[arm] = run_flops(facts[arm], iterations[arm], starts[arm])
     full = {arm: (p, {**sets, **_train_sets(iterations[arm])}) for arm, (p, sets) in arms.items()}
     return Rung(size, pair, ratio, full, facts, iterations, flops)
 
@@ -270,15 +281,15 @@ def ladder(seeds: Sequence[int] = SEEDS, *, data_path: str = "",
     specs = []
     for r in rungs():
         for seed in seeds:
-            for arm in ARMS:
+            for arm in r.arms:
                 preset_name, sets = r.arms[arm]
                 overrides = {**sets, "data_path": data, "tokenizer_path": tok}
                 digest = _digest(preset_name, overrides)
                 specs.append(RunSpec(
                     name=f"{SCALE}-{r.label}-{arm}-s{seed}-{digest}", label=f"{r.label}-{arm}",
                     preset=preset_name, seed=seed, scale=SCALE, train_scale="cpu",
-                    overrides=overrides, groups=("regime",), budget="flops" if arm == "loop"
-                    else "steps", match=f"{r.label}-flat" if arm == "loop" else ""))
+                    overrides=overrides, groups=("regime",), budget="flops" if arm != "flat"
+                    else "steps", match=f"{r.label}-flat" if arm != "flat" else ""))
     return specs
 
 
@@ -287,9 +298,9 @@ def plan_table() -> list[dict[str, Any]]:
     `python -m golf_core.regime`)."""
     rows = []
     for r in rungs():
-        mis = r.mismatch()
-        for arm in ARMS:
+        for arm in r.arms:
             f = r.facts[arm]
+            mis = r.mismatch("loop" if arm == "flat" else arm)
             rows.append({
                 "size": r.size, "pair": r.pair, "rung": round(r.ratio, 2), "arm": arm,
                 "width": r.arms[arm][1]["model_dim"], "params": int(f["unique"]),

@@ -32,7 +32,7 @@ from golf_core import paths, regime, stats
 from golf_core.experiments import dataset_dir
 
 NAME = re.compile(r"^regime-(?P<size>[A-Z])-(?P<pair>[a-z0-9]+)-r(?P<rung>[0-9.]+)-"
-                  r"(?P<arm>loop|flat)-s(?P<seed>\d+)-[0-9a-f]{6}$")
+                  r"(?P<arm>loop|flat|always)-s(?P<seed>\d+)-[0-9a-f]{6}$")
 METRICS = {"val_bpb": "val_bpb", "roundtrip_val_bpb": "int6 roundtrip"}
 
 # Chinchilla's fit (Hoffmann et al. 2022) and the looped-LM exponent phi (Schwethelm et al.
@@ -86,8 +86,8 @@ def plan_facts() -> dict[tuple[str, str, str], dict[str, float]]:
     for size, ratios in regime.RUNGS.items():
         for pair, sizes in regime.PAIRS.items():
             if size in sizes:
-                r = regime.rung(size, pair, ratios[0])
-                out.update({(size, pair, arm): r.facts[arm] for arm in regime.ARMS})
+                r = regime.rung(size, pair, ratios[-1])  # the top rung has every arm
+                out.update({(size, pair, arm): r.facts[arm] for arm in r.arms})
     return out
 
 
@@ -126,6 +126,31 @@ def gap_table(table: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
                 "max_epochs": float(g["epochs"].max()),
                 "params_mismatch": float(loop["params"].mean() / flat["params"].mean() - 1),
             })  # fmt: skip
+    return pd.DataFrame(rows, columns=cols)
+
+
+def delayed_vs_always(table: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
+    """Where the ladder has an always-on arm: per (size, rung) and metric, the paired
+    difference delayed loop - always-on loop over seeds with its Student-t interval (below
+    zero: delaying the loop, as the records do, is better)."""
+    cols = ["size", "pair", "rung", "metric", "n", "diff", "ci_low", "ci_high",
+            "flat_tokens_per_param"]
+    rows = []
+    have = table[table["arm"] == "always"] if not table.empty else table
+    for (size, pair, rung), _ in (have.groupby(["size", "pair", "rung"]) if len(have) else []):
+        g = table[(table["size"] == size) & (table["pair"] == pair) & (table["rung"] == rung)]
+        wide = g.pivot_table(index="seed", columns="arm", values=list(METRICS))
+        for metric, label in METRICS.items():
+            diffs = (wide[metric]["loop"] - wide[metric]["always"]).dropna() if {
+                "loop", "always"} <= set(wide[metric].columns) else pd.Series(dtype=float)
+            n = len(diffs)
+            mean = float(diffs.mean()) if n else float("nan")
+            hw = (stats.half_width(float(diffs.std(ddof=1)), n, alpha) if n > 1
+                  else float("nan"))
+            flat = g[g["arm"] == "flat"]["tokens_per_param"]
+            rows.append({"size": size, "pair": pair, "rung": rung, "metric": label, "n": n,
+                         "diff": mean, "ci_low": mean - hw, "ci_high": mean + hw,
+                         "flat_tokens_per_param": float(flat.mean()) if len(flat) else rung})
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -231,14 +256,15 @@ def predictions(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def status(table: pd.DataFrame, seeds: Sequence[int] = regime.SEEDS) -> dict[str, int]:
-    """Runs finished of the ladder's total, and rungs with every seed of both arms."""
-    total = sum(len(regime.RUNGS[s]) for p, sizes in regime.PAIRS.items() for s in sizes)
+    """Runs finished of the ladder's total, and rungs with every seed of every arm."""
+    arms = {(r.size, r.pair, round(r.ratio, 2)): len(r.arms) for r in regime.rungs()}
     done = 0
     if not table.empty:
         per = table.groupby(["size", "pair", "rung"])["run"].count()
-        done = int((per >= 2 * len(seeds)).sum())
-    return {"runs": len(table), "of_runs": 2 * total * len(seeds), "complete_rungs": done,
-            "of_rungs": total}
+        done = sum(int(n >= arms.get((k[0], k[1], round(k[2], 2)), 2) * len(seeds))
+                   for k, n in per.items())
+    return {"runs": len(table), "of_runs": sum(arms.values()) * len(seeds),
+            "complete_rungs": done, "of_rungs": len(arms)}
 
 
 def headline(table: pd.DataFrame) -> str:
@@ -261,6 +287,14 @@ def headline(table: pd.DataFrame) -> str:
         c = cross[(cross["size"] == size) & (cross["pair"] == pair)] if len(cross) else cross
         if len(c):
             parts.append(f"Over ln(D/N): {c['statement'].iloc[0]}.")
+    always = delayed_vs_always(table)
+    for r in always[always["metric"] == "val_bpb"].itertuples():
+        if r.n:
+            parts.append(
+                f"Delayed (48%) minus always-on loop at size {r.size}, D/N "
+                f"{r.flat_tokens_per_param:.0f}: {r.diff:+.4f}"
+                + (f" [{r.ci_low:+.4f}, {r.ci_high:+.4f}]" if r.n > 1 else "")
+                + f" over {r.n} seed{'s' if r.n > 1 else ''}.")
     return " ".join(parts)
 
 

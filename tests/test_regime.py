@@ -21,10 +21,11 @@ def rungs():
 
 def test_every_pair_matches_in_stored_parameters_and_training_flops_within_2pct(rungs):
     for r in rungs:
-        mis = r.mismatch()
-        assert abs(mis["params"]) <= regime.TOLERANCE, (r.label, mis)
-        assert abs(mis["flops"]) <= regime.TOLERANCE, (r.label, mis)
-        assert r.flops["loop"] <= r.flops["flat"]  # whole steps that fit the budget
+        for arm in set(r.arms) - {"flat"}:
+            mis = r.mismatch(arm)
+            assert abs(mis["params"]) <= regime.TOLERANCE, (r.label, arm, mis)
+            assert abs(mis["flops"]) <= regime.TOLERANCE, (r.label, arm, mis)
+            assert r.flops[arm] <= r.flops["flat"]  # whole steps that fit the budget
 
 
 def test_the_ladder_spans_the_asked_range_at_both_sizes(rungs):
@@ -55,15 +56,28 @@ def test_the_records_pair_differs_only_in_the_loop_and_its_start(rungs):
     assert loop["bigram_vocab_size"] < 400 and loop["bigram_dim"] <= 16 and loop["ve_dim"] <= 16
 
 
-def test_the_ladders_runs_are_paired_by_seed_and_named_for_the_map():
+def test_the_always_on_arm_asks_the_records_question_at_size_as_top_rung(rungs):
+    withs = [r for r in rungs if "always" in r.arms]
+    assert [(r.size, r.pair, r.ratio) for r in withs] == [("A", "records", max(regime.RUNGS["A"]))]
+    r = withs[0]
+    loop, always = r.arms["loop"][1], r.arms["always"][1]
+    assert always["recur_start_frac"] == 0.0 and always["recur_start_step"] == 0
+    assert {k: v for k, v in loop.items() if not k.startswith(("recur_start", "iterations",
+            "warmdown", "val_loss_every", "train_log_every", "checkpoint_every"))} == {
+        k: v for k, v in always.items() if not k.startswith(("recur_start", "iterations",
+            "warmdown", "val_loss_every", "train_log_every", "checkpoint_every"))}
+    # the always-on loop spends its FLOPs at the looped cost from step 0: fewer steps
+    assert r.iterations["always"] < r.iterations["loop"] < r.iterations["flat"]
+
+
+def test_the_ladders_runs_are_paired_by_seed_and_named_for_the_map(rungs):
     specs = regime.ladder()
-    assert len(specs) == 2 * len(regime.SEEDS) * sum(
-        len(regime.RUNGS[s]) for sizes in regime.PAIRS.values() for s in sizes)
+    assert len(specs) == len(regime.SEEDS) * sum(len(r.arms) for r in rungs)
     assert len({s.name for s in specs}) == len(specs)
     for spec in specs:
         m = regime_map.NAME.match(spec.name)
         assert m, spec.name
-        assert int(m["seed"]) == spec.seed and m["arm"] in regime.ARMS
+        assert int(m["seed"]) == spec.seed and m["arm"] in (*regime.ARMS, "always")
         assert "results/regime" in str(spec.run_dir)
     first = specs[: 2 * len(regime.SEEDS)]  # rung by rung: a rung's seeds come first
     assert len({regime_map.NAME.match(s.name)["rung"] for s in first}) == 1
@@ -108,6 +122,25 @@ def test_a_loop_that_never_catches_up_gets_a_bound_not_a_number(tmp_path):
     cross = regime_map.crossover(runs, resamples=100).iloc[0]
     assert cross["statement"].startswith("no crossover below D/N 100")
     assert "Over ln(D/N): no crossover below D/N 100" in regime_map.headline(runs)
+
+
+def test_delayed_vs_always_pairs_the_two_loops_by_seed(tmp_path):
+    _synthetic(tmp_path, a=0.0, b=0.0, noise=0.001)
+    top = max(regime.RUNGS["A"])
+    for seed in range(8):  # always-on arms 0.01 worse than the delayed loop of their seed
+        loop = json.loads((tmp_path / f"regime-A-records-r{top:.3g}-loop-s{seed}-abcdef"
+                           / "summary.json").read_text())
+        run = tmp_path / f"regime-A-records-r{top:.3g}-always-s{seed}-abcdef"
+        run.mkdir()
+        (run / "config.json").write_text(json.dumps({"model": {"model_dim": 32}}))
+        (run / "summary.json").write_text(json.dumps(
+            {**loop, "val_bpb": loop["val_bpb"] + 0.01}))
+    runs = regime_map.runs_table(tmp_path)
+    d = regime_map.delayed_vs_always(runs)
+    row = d[d["metric"] == "val_bpb"].iloc[0]
+    assert row["n"] == 8 and row["diff"] == pytest.approx(-0.01)
+    assert "Delayed (48%) minus always-on loop at size A, D/N 100: -0.0100" in (
+        regime_map.headline(runs))
 
 
 def test_the_law_gives_the_crossovers_research_derived_from_it():
