@@ -47,6 +47,46 @@ def runs(tmp_path_factory):
     return out
 
 
+# One tiny run per published family, PR #363's 3x3 loop on PR #325's model too: 4 steps,
+# checkpoints at 2 and 4. PR #1204's is 64 wide, where its repeat MLPs start orthogonal
+# against zero-initialised bank slices, and its repeat starts at step 2.
+FAMILY_RUNS = {
+    "pr1204": dict(num_layers=5, model_dim=64, num_heads=4, num_kv_heads=2, rope_dims=4,
+                   bigram_vocab_size=32, bigram_dim=8, xsa_last_n=5, ve_dim=8, ve_layers=[5, 6],
+                   recur_layers=[1, 2], repeat_untie_mlp_layers=[1, 2], parallel_start_layer=3,
+                   recur_start_frac=0.5),
+    "pr325": dict(num_layers=4, num_heads=4, num_kv_heads=2, rope_dims=4, loop_core_layers=2,
+                  loop_repeats=3, loop_adapter_dim=4, bigram_vocab_size=32, bigram_dim=8,
+                  xsa_last_n=3),
+    "pr363-3x3": dict(num_layers=9, num_heads=4, num_kv_heads=2, rope_dims=4,
+                      loop_adapter_dim=4, bigram_vocab_size=32, bigram_dim=8),
+    "pr54": dict(num_heads=4, num_kv_heads=2, num_unique_layers=3, num_recurrent_passes=2),
+    "pr363": dict(num_layers=2, num_heads=4, num_kv_heads=2, num_unique_blocks=2,
+                  effective_depth=5, depth_lora_rank=2, bigram_buckets=16, bigram_dim=8,
+                  xsa_last_n=1),
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def family_run(tmp_path_factory, runs):
+    """preset name -> its FAMILY_RUNS run dir, trained on first use; "golf": the mini run of
+    `runs`."""
+    base = tmp_path_factory.mktemp("families")
+    data = small_dataset(tmp_path_factory.getbasetemp())
+    done = {"golf": runs["mini"]}
+
+    def get(name: str):
+        if name not in done:
+            cfg = tiny_config(base, data, iterations=4, checkpoint_every=2, keep_checkpoints=0,
+                              warmdown_iters=2, val_loss_every=0, run_name=name,
+                              **FAMILY_RUNS[name])
+            main(["--config", str(cfg), "--preset", name], environ={})
+            done[name] = base / "runs" / name
+        return done[name]
+
+    return get
+
+
 @pytest.fixture(scope="module")
 def baseline_file():
     return fixture_dir("upstream_baseline") / "state_dict.pt"
@@ -193,16 +233,34 @@ def test_a_published_family_file_shows_its_own_tables_as_extra_panels():
         assert any(t.startswith(key) for t in titles), (key, titles)
 
 
-def test_a_model_the_error_diagnostic_cannot_walk_keeps_its_other_panels():
+def test_a_pr1204_file_gets_its_quantization_error_per_virtual_layer():
+    """PR #1204's model has no layer schedule, only its virtual -> physical map (`v2p`)."""
     path = fixture_dir("upstream_pr1204") / "state_dict.pt"
     config = "VE_LAYERS=5,6 XSA_LAST_N=7 PARALLEL_START_LAYER=4"  # as in its command
     ex = explore.Explorer.from_parameters(checkpoint=str(path), upstream_config=config)
     assert len(ex.tables["lanes"]) > 0 and len(ex.tables["skip_weights"]) > 0
-    err = ex.tables["quant_error"]
-    if err.empty:  # recurrence_error needs the model's layer schedule
-        (panel,) = [ax for ax in ex.figure.axes if ax.get_title().startswith("quantization")]
-        assert "not available for this model" in panel.texts[0].get_text()
-        assert err.attrs["unavailable"]
+    err, v2p = ex.tables["quant_error"], ex.a.model.v2p()
+    assert list(err["virtual_layer"]) == list(range(len(v2p)))
+    assert list(err["physical_block"]) == v2p
+    assert list(err["cycle"]) == [v2p[:i].count(p) for i, p in enumerate(v2p)]
+    assert list(err["shared"]) == [v2p.count(p) > 1 for p in v2p]
+    assert (err["rel_error"] > 0).all() and "loss_gap" in err.attrs
+    (panel,) = [ax for ax in ex.figure.axes if ax.get_title().startswith("int6 error")]
+    assert not panel.texts  # drawn, not the "not available" note
+
+
+def test_a_model_the_error_diagnostic_cannot_run_keeps_its_other_panels(runs, monkeypatch):
+    def broken(*_args, **_kw):
+        raise RuntimeError("Error(s) in loading state_dict")
+
+    monkeypatch.setattr("golf_core.quant.recurrence_error", broken)
+    snap = explore.load_snapshot(explore.run_source(runs["looped"]))
+    tables = explore.snapshot_tables(snap)
+    assert tables["quant_error"].empty and len(tables["resid_mix"]) == 5
+    assert tables["quant_error"].attrs["unavailable"].startswith("RuntimeError: Error(s)")
+    fig = explore.snapshot_figure(tables)
+    (panel,) = [ax for ax in fig.axes if ax.get_title().startswith("quantization")]
+    assert "not available for this model" in panel.texts[0].get_text()
 
 
 # ----------------------------------------------------------------------------- widgets
@@ -242,8 +300,12 @@ def test_a_second_picker_overlays_another_checkpoint_as_a_difference(explorer):
     assert explorer.b.step == 0 and explorer.diff
     assert explorer.changes()["a_minus_b"].abs().max() > 0
     assert "largest changes A - B" in explorer.tables_out.outputs[0]["data"]["text/html"]
-    explorer.compare.value = None
+    explorer.compare.value = "(none)"
     assert explorer.b is None and explorer.diff == {} and explorer.compare_step.disabled
+    assert explorer.compare.label == "(none)"  # shown, not a blank dropdown
+    explorer.compare.value = mini
+    explorer.compare.value = None  # no selection, set from code: the "(none)" choice
+    assert explorer.b is None and explorer.compare.value == explorer.compare.label == "(none)"
 
 
 def test_a_typed_path_opens_that_file_and_a_bad_one_keeps_the_selection(explorer,
@@ -261,6 +323,113 @@ def test_a_family_the_run_was_not_trained_as_is_shown_as_a_one_line_error(explor
     assert explorer.error.startswith("ExploreError: family: run mini was trained as family "
                                      "'golf'")
     assert explorer.a.source.path.name == "mini"  # the last good selection stays
+
+
+BAD = ("not available", "Traceback", "Error", "could not open")
+
+
+def _shown(ex) -> list[str]:
+    """Every text the explorer shows: the status line, the figure's titles and notes, the
+    table under it."""
+    texts = [ex.status.value, ex.error,
+             *(o["data"]["text/html"] for o in ex.tables_out.outputs)]
+    texts += [t.get_text() for t in ex.figure.texts]
+    for ax in ex.figure.axes:
+        texts += [ax.get_title(), *(t.get_text() for t in ax.texts)]
+    return texts
+
+
+def _check_view(ex, what: str) -> None:
+    """Every panel drawn, no error anywhere, the quantization error there for A and B, and
+    no ratio over a ~0 reference among the largest changes."""
+    bad = [t for t in _shown(ex) if any(b in t for b in BAD)]
+    assert not bad and ex.error == "", (what, bad)
+    (png,) = ex.figure_out.outputs
+    assert base64.b64decode(png["data"]["image/png"])[:4] == b"\x89PNG", what
+    titles = _titles(ex.figure)
+    assert len(titles) == len(explore.panel_keys(ex.tables)), (what, titles)
+    for snap in (ex.a, ex.b) if ex.b is not None else (ex.a,):
+        err = snap.tables["quant_error"]
+        assert len(err) == len(snap.tables["resid_mix"]) > 0, (what, snap.name)
+        assert (err["rel_error"] > 0).all(), (what, snap.name)
+    if ex.b is not None:
+        top = ex.changes()
+        assert not top.empty and np.isfinite(top[["a", "b", "a_minus_b"]]).all().all(), what
+        ratios = top[top["quantity"].map(explore.is_ratio)]
+        assert (ratios[["a", "b"]].abs() <= explore.RATIO_LIMIT).all().all(), (what, ratios)
+        assert not top.attrs["left_out"], (what, top.attrs["left_out"])
+
+
+@pytest.mark.parametrize("family", [  # ~10-20 s each: PR #1204 and ours in the fast set
+    "golf", "pr1204", *(pytest.param(f, marks=pytest.mark.slow) for f in FAMILY_RUNS
+                        if f != "pr1204")])
+def test_every_panel_of_each_familys_run_draws_as_a_user_drives_the_pickers(
+        family_run, runs, family, monkeypatch):
+    run = family_run(family)
+    monkeypatch.setenv("GOLF_ROOT", str(runs["mini"].parent.parent))  # A's other choices
+    ex = explore.Explorer.from_parameters(run=str(run))  # the notebook's default view
+    assert (ex.a.step, ex.b.step) == (FINAL, 0) and ex.b.source == ex.a.source
+    _check_view(ex, "final vs init")
+    ex.step.value = ex.a.source.steps()[1]
+    _check_view(ex, "A at the first checkpoint")
+    ex.compare_step.value = ex.a.source.steps()[-2]
+    _check_view(ex, "B at the last checkpoint")
+    ex.compare.value = "(none)"
+    assert ex.b is None and ex.compare_step.disabled
+    assert ex.compare.value == ex.compare.label == "(none)"  # the choice stays visible
+    _check_view(ex, "no B")
+    ex.compare.value = ex.source.value
+    assert ex.b is not None and ex.b.source == ex.a.source and not ex.compare_step.disabled
+    _check_view(ex, "B back")
+    other = next(s for _, s in ex.source.options if s.path != run)
+    ex.source.value = other
+    assert ex.a.source == other and ex.compare.label == ex.b.source.label
+    _check_view(ex, f"A switched to {other.label}")
+    ex.source.value = ex.b.source
+    assert ex.a.source.path == run
+    _check_view(ex, "A back")
+
+
+def test_a_repeat_mlp_against_a_zero_bank_slice_reports_an_absolute_difference():
+    """PR #1204's down slices start at zero and its repeat MLPs (64 wide and up) orthogonal:
+    no reference to be relative to, so no ratio (it was ||W|| / 1e-12 = 8e+12 at width 64)."""
+    from golf_core.model import build_model, preset
+
+    cfg = preset("pr1204", num_layers=3, model_dim=64, num_heads=4, num_kv_heads=2, rope_dims=4,
+                 vocab_size=64, bigram_vocab_size=16, bigram_dim=8, xsa_last_n=2, ve_dim=8,
+                 ve_layers=(2, 3), recur_layers=(1,), repeat_untie_mlp_layers=(1,),
+                 parallel_start_layer=2)
+    model = build_model(cfg)
+    proj, fc = model.repeat_mlp[0].proj.weight, model.repeat_mlp[0].fc.weight
+    table = model.routing_tables()["repeat_mlp"]
+    row = table.iloc[0]
+    assert proj.norm().item() == pytest.approx(8.0)  # orthogonal 64 x 128
+    assert np.isnan(row["proj_rel_diff"]) and row["proj_abs_diff"] == pytest.approx(8.0)
+    up = model.mlp_up_bank[1].detach()
+    assert row["fc_abs_diff"] == pytest.approx((fc.detach() - up).norm().item(), rel=1e-5)
+    assert row["fc_rel_diff"] == pytest.approx(row["fc_abs_diff"] / up.norm().item(), rel=1e-5)
+    with torch.no_grad():
+        model.mlp_down_bank[1].fill_(0.01)  # a slice that has moved: a ratio again
+    row = model.routing_tables()["repeat_mlp"].iloc[0]
+    base = model.mlp_down_bank[1].detach()
+    assert row["proj_rel_diff"] == pytest.approx((proj.detach() - base).norm().item()
+                                                 / base.norm().item(), rel=1e-5)
+
+
+def test_the_largest_changes_rank_no_ratio_over_a_zero_reference():
+    diff = {
+        "repeat_mlp": pd.DataFrame({"index": [0, 0, 0], "quantity": [
+            "proj_rel_diff", "proj_abs_diff", "fc_rel_diff"], "a": [0.5, 8.1, 0.2],
+            "b": [8e12, 8.0, float("inf")]}),
+        "resid_mix": pd.DataFrame({"physical": [1, 2], "quantity": ["x_coef_mean"] * 2,
+                                   "a": [1.5, float("nan")], "b": [1.0, 1.0]}),
+    }
+    diff = {k: d.assign(a_minus_b=d["a"] - d["b"]) for k, d in diff.items()}
+    top = explore.changes(diff)
+    assert list(zip(top["table"], top["quantity"])) == [("resid_mix", "x_coef_mean"),
+                                                        ("repeat_mlp", "proj_abs_diff")]
+    (left,) = top.attrs["left_out"]
+    assert (left["quantity"], left["b"]) == ("proj_rel_diff", 8e12)
 
 
 # ----------------------------------------------------------------------------- parameters

@@ -3,6 +3,8 @@ tables plus the quantization error per virtual layer, and the difference of two.
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +28,8 @@ ROW_KEYS = {
 }  # fmt: skip
 
 
+# a relative quantity beyond this is a ratio over a ~0 reference (`changes` does not rank it)
+RATIO_LIMIT = 1e6
 QUANT_COLUMNS = ["virtual_layer", "physical_block", "cycle", "rel_error", "shared", "bits",
                  "batch"]
 
@@ -193,8 +197,9 @@ def snapshot_tables(snap: Snapshot, *, bits: int = 6, n_seqs: int = 2,
     try:
         tables["quant_error"] = quant_error_table(snap, bits=bits, n_seqs=n_seqs,
                                                   seq_len=seq_len)
-    except (AttributeError, NotImplementedError, TypeError) as e:
-        # a family model recurrence_error cannot walk yet: the other panels still show
+    except (AttributeError, NotImplementedError, TypeError, ValueError, RuntimeError) as e:
+        # a model recurrence_error cannot run (e.g. a state dict that does not load back
+        # into it): the other panels still show, this one says why
         empty = pd.DataFrame(columns=QUANT_COLUMNS)
         empty.attrs["unavailable"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
         tables["quant_error"] = empty
@@ -290,20 +295,35 @@ def difference(a: Mapping[str, pd.DataFrame], b: Mapping[str, pd.DataFrame]
     return out
 
 
+def is_ratio(quantity: str) -> bool:
+    """Whether a quantity is relative to a reference (`rel` or `ratio` a word of its name:
+    rel_error, proj_rel_diff, ...)."""
+    return bool(re.search(r"(^|_)(rel|ratio)(_|$)", quantity))
+
+
 def changes(diff: Mapping[str, pd.DataFrame], top: int = 12) -> pd.DataFrame:
     """The `top` largest |a - b| over every table of a `difference`: table, row, quantity,
-    a, b, a_minus_b."""
-    rows = []
+    a, b, a_minus_b. A row without a finite value on both sides has no difference to rank.
+    Neither has a relative quantity (`is_ratio`) above RATIO_LIMIT on either side: that is a
+    ratio over a ~0 reference, not a change (the tables report an absolute difference for
+    such rows, e.g. PR #1204's repeat_mlp `*_abs_diff`, and that ranks); those rows are in
+    `.attrs["left_out"]` (table, row, quantity, a, b)."""
+    rows, left_out = [], []
     for key, df in diff.items():
         keys = [c for c in df.columns if c not in ("quantity", "a", "b", "a_minus_b")]
-        for rec in df.dropna(subset=["a_minus_b"]).to_dict("records"):
+        for rec in df.to_dict("records"):
             row = ", ".join(f"{k}={rec[k]}" for k in keys) or "-"
-            rows.append({"table": key, "row": row, "quantity": rec["quantity"], "a": rec["a"],
-                         "b": rec["b"], "a_minus_b": rec["a_minus_b"]})
+            one = {"table": key, "row": row, "quantity": rec["quantity"], "a": rec["a"],
+                   "b": rec["b"], "a_minus_b": rec["a_minus_b"]}
+            if not (math.isfinite(rec["a"]) and math.isfinite(rec["b"])):
+                continue
+            if is_ratio(str(rec["quantity"])) and max(abs(rec["a"]), abs(rec["b"])) > RATIO_LIMIT:
+                left_out.append({k: one[k] for k in ("table", "row", "quantity", "a", "b")})
+                continue
+            rows.append(one)
     df = pd.DataFrame(rows, columns=["table", "row", "quantity", "a", "b", "a_minus_b"])
-    if df.empty:
-        return df
-    order = df["a_minus_b"].abs().sort_values(ascending=False, kind="stable").index
-    return df.loc[order].head(top).reset_index(drop=True)
-
-
+    if not df.empty:
+        order = df["a_minus_b"].abs().sort_values(ascending=False, kind="stable").index
+        df = df.loc[order].head(top).reset_index(drop=True)
+    df.attrs["left_out"] = left_out
+    return df

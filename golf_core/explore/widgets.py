@@ -34,6 +34,9 @@ from golf_core.explore.snapshots import (
 )
 
 _CACHE_SIZE = 6  # snapshots kept by an Explorer (a scrub back and forth reloads nothing)
+# B's "no second snapshot" choice: a real option value (ipywidgets shows a Dropdown whose
+# value is None as blank, no selection), mapped to "no B" by `Explorer.compare_source`
+NO_COMPARE = "(none)"
 
 
 # ----------------------------------------------------------------------------- the widgets
@@ -117,7 +120,8 @@ class Explorer:
                            description="open path", continuous_update=False, **wide)
         self.step = w.SelectionSlider(options=self._step_options(source), value=step,
                                       description="A: step", continuous_update=False, **wide)
-        self.compare = w.Dropdown(options=[("(none)", None), *self._options()], value=compare,
+        self.compare = w.Dropdown(options=self._compare_options(),
+                                  value=compare if compare is not None else NO_COMPARE,
                                   description="B: compare", **wide)
         self.compare_step = w.SelectionSlider(
             options=self._step_options(compare) if compare else [("-", FINAL)],
@@ -172,6 +176,15 @@ class Explorer:
     def _options(self) -> list[tuple[str, Source]]:
         return [(s.label, s) for s in self._sources]
 
+    def _compare_options(self) -> list[tuple[str, Source | str]]:
+        return [(NO_COMPARE, NO_COMPARE), *self._options()]
+
+    @property
+    def compare_source(self) -> Source | None:
+        """B's source, None for the "(none)" choice."""
+        value = self.compare.value
+        return None if value is None or value == NO_COMPARE else value
+
     @staticmethod
     def _step_options(source: Source) -> list[tuple[str, int]]:
         return [(source.step_label(s), s) for s in source.steps()]
@@ -192,7 +205,7 @@ class Explorer:
         family = self.family.value
         try:
             a = self._snapshot(self.source.value, self.step.value, family)
-            other = self.compare.value
+            other = self.compare_source
             b = (self._snapshot(other, self.compare_step.value,
                                 family if other.kind == "file" else "auto")
                  if other is not None else None)
@@ -209,9 +222,14 @@ class Explorer:
         self.status.value = html.escape(self.summary_text()).replace("\n", "<br>")
         self.figure_out.outputs = (_png_output(self.figure),)
         shown = changes(self.diff) if b else self.tables.get("params", pd.DataFrame())
-        caption = "largest changes A - B" if b else "parameters of A"
+        caption = "<b>largest changes A - B</b>" if b else "<b>parameters of A</b>"
+        left_out = shown.attrs.get("left_out", []) if b else []
+        if left_out:  # ratios over a ~0 reference: named, not ranked
+            caption += html.escape(
+                f" (not ranked, a ratio over a ~0 reference: "
+                f"{', '.join(sorted({r['table'] + ' ' + r['quantity'] for r in left_out}))})")
         self.tables_out.outputs = (_html_output(
-            f"<p><b>{caption}</b></p>" + shown.to_html(index=False, float_format="%.4g")),)
+            f"<p>{caption}</p>" + shown.to_html(index=False, float_format="%.4g")),)
 
     def summary_text(self) -> str:
         """A line on A (and one on B, after a Markdown line break): name, family, variant,
@@ -242,8 +260,15 @@ class Explorer:
     def _select(self, picker: Any, source: Source) -> None:
         if source not in self._sources:
             self._sources.append(source)
-            self.source.options = self._options()
-            self.compare.options = [("(none)", None), *self._options()]
+            # new options reset a Dropdown to its first choice: keep both selections
+            keep = self.source.value, self.compare.value
+            self._quiet = True
+            try:
+                self.source.options = self._options()
+                self.compare.options = self._compare_options()
+                self.source.value, self.compare.value = keep
+            finally:
+                self._quiet = False
         picker.value = source
 
     def _on_change(self, _change: dict) -> None:
@@ -263,12 +288,20 @@ class Explorer:
             self._quiet = False
 
     def _on_source(self, change: dict) -> None:
+        if self._quiet:
+            return
         self._set_steps(self.step, change["new"])
         self.update()
 
     def _on_compare(self, change: dict) -> None:
-        self.compare_step.disabled = change["new"] is None
-        self._set_steps(self.compare_step, change["new"])
+        if self._quiet:
+            return
+        if change["new"] is None:  # no selection (set from code): show the "(none)" choice
+            self.compare.value = NO_COMPARE  # which calls back here
+            return
+        other = self.compare_source
+        self.compare_step.disabled = other is None
+        self._set_steps(self.compare_step, other)
         self.update()
 
     def _on_path(self, change: dict) -> None:

@@ -642,17 +642,31 @@ class Model(nn.Module):
         return pd.DataFrame(rows, columns=cols).astype({"layer": "Int64"})
 
     def _repeat_table(self) -> pd.DataFrame:
-        def moved(lin: CastedLinear | None, base: Tensor) -> float:
+        """How far each untied repeat MLP is from the bank slice it copies at activation:
+        `*_abs_diff` = ||W - slice||, `*_rel_diff` = that / ||slice||. The down slices start
+        at zero (and a repeat MLP of width >= 64 starts orthogonal), so early on a slice can
+        be ~0 (rms under 1e-6): no reference to be relative to, `*_rel_diff` is NaN there and
+        `*_abs_diff` says how far apart they are. NaN too where the repeat MLP has no such
+        matrix (untied "down": no fc)."""
+        def moved(lin: CastedLinear | None, base: Tensor) -> tuple[float, float]:
             if lin is None:
-                return float("nan")
+                return float("nan"), float("nan")
             base = base.detach().float()
-            diff = (lin.weight.detach().float() - base).norm()
-            return (diff / base.norm().clamp_min(1e-12)).item()
+            diff = (lin.weight.detach().float() - base).norm().item()
+            ref = base.norm().item()
+            from_zero = ref <= 1e-6 * base.numel() ** 0.5
+            return diff, float("nan") if from_zero else diff / ref
 
-        rows = [{"index": j, "physical": p, "fc_rel_diff": moved(m.fc, self.mlp_up_bank[p]),
-                 "proj_rel_diff": moved(m.proj, self.mlp_down_bank[p])}
-                for j, (m, p) in enumerate(zip(self.repeat_mlp, self.recur_layers))]
-        return pd.DataFrame(rows, columns=["index", "physical", "fc_rel_diff", "proj_rel_diff"])
+        rows = []
+        for j, (m, p) in enumerate(zip(self.repeat_mlp, self.recur_layers)):
+            fc_abs, fc_rel = moved(m.fc, self.mlp_up_bank[p])
+            proj_abs, proj_rel = moved(m.proj, self.mlp_down_bank[p])
+            rows.append({"index": j, "physical": p, "fc_rel_diff": fc_rel,
+                         "proj_rel_diff": proj_rel, "fc_abs_diff": fc_abs,
+                         "proj_abs_diff": proj_abs})
+        cols = ["index", "physical", "fc_rel_diff", "proj_rel_diff", "fc_abs_diff",
+                "proj_abs_diff"]
+        return pd.DataFrame(rows, columns=cols).astype({c: "float64" for c in cols[2:]})
 
 
 def _summary(t: Tensor) -> dict[str, float]:

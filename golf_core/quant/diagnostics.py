@@ -237,6 +237,32 @@ def _rel(a: Tensor, b: Tensor) -> float:
     return (a - b).norm().item() / den if den > 0 else float((a - b).norm().item() > 0)
 
 
+def virtual_layers(model: nn.Module, depth: int, *, num_iters: int | None = None
+                   ) -> tuple[list[int], list[int]]:
+    """(physical block, cycle) of each of the `depth` virtual layers `forward_hidden(...,
+    num_iters=num_iters)` returned, from what the model's family offers: a layer schedule
+    (`schedule_for(num_iters)` or `schedule`, with `virtual_to_physical` and `cycle`: our GPT,
+    PR #54, #325, #363) or a virtual -> physical map (`v2p(recur)`: PR #1204, whose
+    `num_iters` 2 runs the repeat, 1 does not); a model with neither counts each virtual layer
+    as its own block. The cycle of a layer is how often its block ran before it. A map that
+    does not have `depth` layers raises ValueError."""
+    if hasattr(model, "schedule_for"):
+        sched = model.schedule_for(num_iters)
+    else:
+        sched = getattr(model, "schedule", None)
+    if sched is not None:
+        physical, cycle = [int(p) for p in sched.virtual_to_physical], [int(c) for c in sched.cycle]
+    elif callable(getattr(model, "v2p", None)):
+        physical = [int(p) for p in model.v2p(None if num_iters is None else num_iters > 1)]
+        cycle = [physical[:i].count(p) for i, p in enumerate(physical)]
+    else:
+        physical, cycle = list(range(depth)), [0] * depth
+    if len(physical) != depth or len(cycle) != depth:
+        raise ValueError(f"{type(model).__name__}: its layer map has {len(physical)} virtual "
+                         f"layers, forward_hidden returned {depth}")
+    return physical, cycle
+
+
 @torch.no_grad()
 def recurrence_error(
     model: nn.Module,
@@ -266,11 +292,11 @@ def recurrence_error(
     finally:
         model.train(modes[0])
         qmodel.train(modes[1])
-    sched = model.schedule_for(num_iters) if hasattr(model, "schedule_for") else model.schedule
+    physical, cycle = virtual_layers(model, len(hs), num_iters=num_iters)
     df = pd.DataFrame({
         "virtual_layer": range(len(hs)),
-        "physical_block": sched.virtual_to_physical,
-        "cycle": sched.cycle,
+        "physical_block": physical,
+        "cycle": cycle,
         "rel_error": [_rel(q, h) for q, h in zip(hq, hs)],
     })  # fmt: skip
     df["rel_error"] = df["rel_error"].astype("float64")
