@@ -109,3 +109,24 @@ def abstract_markdown(findings: pd.DataFrame, specs: Sequence[Any],
                  "they state. Extrapolated: any crossover beyond the highest rung measured, and "
                  "the scaling law's prediction, which is a hypothesis from published constants.")
     return "\n\n".join(parts)
+
+
+def claim_sections(findings: pd.DataFrame, specs: Sequence[Any]) -> str:
+    """One short section per claim of the study: the question, a one-sentence verdict with
+    the interval and the regime it holds in, what was published and where, ours in numbers."""
+    if not len(findings):
+        return "No claim decided: the study has not run in this checkout."
+    table = with_regime(findings, specs)
+    out = []
+    for r in table.to_dict("records"):
+        question = r["claim"].rsplit(" [", 1)[0] if r["claim"].endswith("]") else r["claim"]
+        if r["n"] == r["n"]:  # paired
+            verdict = (f"**{r['verdict'].capitalize()}.** a - b = {r['diff']:+.4f} "
+                       f"[{r['ci_low']:+.4f}, {r['ci_high']:+.4f}] over {int(r['n'])} paired "
+                       f"seeds (margin {r['delta']:g})"
+                       + (f", at {r['regime']}" if r["regime"] else "") + ".")
+        else:
+            verdict = f"**{r['verdict'].capitalize()}.** {r['ours']}."
+        out.append(f"### {question}\n\n{verdict} Published: {r['published']} "
+                   f"({r['source']}). Ours: {r['ours']}.")
+    return "\n\n".join(out)
