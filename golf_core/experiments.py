@@ -104,8 +104,11 @@ _MATRIX: dict[str, dict[str, Any]] = {
     # PR #1204's record; its log switched recurrence on at step 3000 of 6242 (48%)
     # (one seed at the cpu scale, for the routing pages: the delayed-vs-always-on claim is
     # decided at the study scale, which the cpu scale's 15 minutes cannot also carry)
+    # At the gpu scale runs stop at upstream's 600 s cap, not at `iterations` (20,000): there
+    # the record's own RECUR_START_STEP=3000 applies (0.48 x 20,000 would never be reached)
     "pr1204": dict(preset="pr1204", set={"recur_start_frac": 0.48}, groups=("lanes", "routing"),
-                   seeded=True, checkpoints=True, seeds_at={"cpu": 1}),
+                   seeded=True, checkpoints=True, seeds_at={"cpu": 1},
+                   set_at={"gpu": {"recur_start_frac": 0.0}}),
     "pr1204-always-on": dict(preset="pr1204", set=_ALWAYS_ON, groups=("lanes", "stack"),
                              seeded=True, checkpoints=False, scales=("study", "ci", "gpu")),
     # The stack question (PR #54's closing remark): mini recurrence on/off x the record's
@@ -327,10 +330,10 @@ def run_matrix(scale: str = "cpu", *, groups: Sequence[str] | str = "all",
         chosen = tuple(g for g in entry["groups"] if g in wanted)
         if not chosen or scale not in entry.get("scales", SCALES):
             continue
-        overrides = _overrides(cfg, entry, data, tok, extra)
+        overrides = _overrides(cfg, entry, data, tok, extra, scale)
         if entry.get("budget") == "flops":
             overrides = _flops_matched(cfg, entry, overrides, _overrides(
-                cfg, _MATRIX[entry["match"]], data, tok, extra))
+                cfg, _MATRIX[entry["match"]], data, tok, extra, scale))
         if entry["checkpoints"] and cfg["checkpoints"]:
             # every checkpoint kept: the routing notebooks plot how the controls evolve
             overrides["checkpoint_every"] = max(1, overrides["iterations"] // cfg["checkpoints"]
@@ -351,10 +354,11 @@ def run_matrix(scale: str = "cpu", *, groups: Sequence[str] | str = "all",
 
 
 def _overrides(cfg: Mapping[str, Any], entry: Mapping[str, Any], data: str, tok: str,
-               extra: Mapping[str, Any] | None) -> dict[str, Any]:
+               extra: Mapping[str, Any] | None, scale: str = "") -> dict[str, Any]:
     family = preset_family(entry["preset"])
     return {**cfg["common"], **cfg.get("family_common", {}).get(family, {}), **entry["set"],
-            "data_path": data, "tokenizer_path": tok, **(extra or {})}
+            **entry.get("set_at", {}).get(scale, {}), "data_path": data, "tokenizer_path": tok,
+            **(extra or {})}
 
 
 def _flops_matched(cfg: Mapping[str, Any], entry: Mapping[str, Any],
