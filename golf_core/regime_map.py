@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -255,16 +254,17 @@ def predictions(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def status(table: pd.DataFrame, seeds: Sequence[int] = regime.SEEDS) -> dict[str, int]:
+def status(table: pd.DataFrame) -> dict[str, int]:
     """Runs finished of the ladder's total, and rungs with every seed of every arm."""
-    arms = {(r.size, r.pair, round(r.ratio, 2)): len(r.arms) for r in regime.rungs()}
+    want = {(r.size, r.pair, round(r.ratio, 2)): len(r.arms) * len(regime.seeds_for(r.size,
+                                                                                      r.ratio))
+            for r in regime.rungs()}
     done = 0
     if not table.empty:
         per = table.groupby(["size", "pair", "rung"])["run"].count()
-        done = sum(int(n >= arms.get((k[0], k[1], round(k[2], 2)), 2) * len(seeds))
-                   for k, n in per.items())
-    return {"runs": len(table), "of_runs": sum(arms.values()) * len(seeds),
-            "complete_rungs": done, "of_rungs": len(arms)}
+        done = sum(int(n >= want.get((k[0], k[1], round(k[2], 2)), 2)) for k, n in per.items())
+    return {"runs": len(table), "of_runs": sum(want.values()), "complete_rungs": done,
+            "of_rungs": len(want)}
 
 
 def headline(table: pd.DataFrame) -> str:
