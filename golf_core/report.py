@@ -227,28 +227,75 @@ def run_report(scale: str = "cpu", *, data_path: str = "", tokenizer_path: str =
 # What the writeup notebook calls: tables and sentences built from the runs' files.
 
 
-def markdown_table(df: Any, digits: int = 4) -> str:
-    """A DataFrame as a Markdown pipe table (floats to `digits` significant places)."""
-    def cell(v: Any) -> str:
-        if isinstance(v, float):
-            return "" if v != v else f"{v:.{digits}g}"
-        return str(v).replace("|", "\\|").replace("\n", " ")
+INTERVAL = ("ci_low", "ci_high")  # a pair of columns markdown_table prints as one cell
+INTERVAL_HEADER = "95% CI"
 
-    header = "| " + " | ".join(map(str, df.columns)) + " |"
-    rule = "|" + "|".join("---" for _ in df.columns) + "|"
-    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+
+def nowrap(text: str) -> str:
+    """`text` in a span the report's stylesheet keeps on one line (an interval, a number)."""
+    return f'<span class="golf-nowrap">{text}</span>'
+
+
+def _whole(values: Any) -> bool:
+    """Whether a column's numbers (NaN aside) are all whole: printed as integers (n, seeds)."""
+    nums = [v for v in values if isinstance(v, float) and v == v]
+    return bool(nums) and all(v.is_integer() and abs(v) < 1e15 for v in nums) and \
+        all(isinstance(v, float) for v in values)
+
+
+def _numeric(values: Any) -> bool:
+    """Whether a column holds numbers only (NaN included): aligned right."""
+    import numbers
+
+    return bool(len(values)) and all(isinstance(v, numbers.Number) and not isinstance(v, bool)
+                                     for v in values)
+
+
+def markdown_table(df: Any, digits: int = 4) -> str:
+    """A DataFrame as a Markdown pipe table: floats at `digits` decimals (a column of whole
+    numbers as integers; columns of numbers aligned right), a `ci_low`/`ci_high` pair as one
+    "95% CI" column of "[low, high]" cells that do not wrap, "PR #N" in a `source` column
+    linked to the pull request (`golf_core.site.pr_links`)."""
+    cols = list(df.columns)
+    rows = [list(r) for r in df.itertuples(index=False)]
+    if all(c in cols for c in INTERVAL):
+        lo, hi = cols.index(INTERVAL[0]), cols.index(INTERVAL[1])
+
+        def interval(a: Any, b: Any) -> str:
+            if not (isinstance(a, float) and isinstance(b, float)) or a != a or b != b:
+                return ""
+            return nowrap(f"[{a:.{digits}f}, {b:.{digits}f}]")
+
+        rows = [[interval(r[lo], r[hi]) if i == lo else v for i, v in enumerate(r) if i != hi]
+                for r in rows]
+        cols = [INTERVAL_HEADER if i == lo else c for i, c in enumerate(cols) if i != hi]
+    whole = [_whole([r[i] for r in rows]) for i in range(len(cols))]
+    numeric = [c == INTERVAL_HEADER or _numeric([r[i] for r in rows])
+               for i, c in enumerate(cols)]
+
+    def cell(v: Any, col: str, whole: bool) -> str:
+        if isinstance(v, float):
+            if v != v:
+                return ""
+            return f"{v:.0f}" if whole else f"{v:.{digits}f}"
+        text = str(v).replace("|", "\\|").replace("\n", " ")
+        return site.pr_links(text) if col == "source" else text
+
+    header = "| " + " | ".join(map(str, cols)) + " |"
+    rule = "|" + "|".join("---:" if num else "---" for num in numeric) + "|"  # numbers right
+    body = ["| " + " | ".join(cell(v, str(c), w) for v, c, w in zip(row, cols, whole)) + " |"
+            for row in rows]
     return "\n".join([header, rule, *body])
 
 
-FIGURE_RUNS_LISTED = 8  # a caption names up to this many runs; more: the sidecar lists them
-
-
 def figure_panel(*names: str) -> list[Any]:
-    """IPython displays of saved figures (the SVG file: the page inlines it) each with a
-    caption from its sidecar (runs and commit); a missing figure is an error naming it."""
+    """IPython displays of saved figures (the SVG file: the page inlines it), each followed by
+    a short caption (its name) and a collapsed provenance block: the commit and the runs from
+    its sidecar (figures/<name>.json). A missing figure is an error naming it."""
+    import html
     import json
 
-    from IPython.display import SVG, Markdown
+    from IPython.display import HTML, SVG
 
     out: list[Any] = []
     for name in names:
@@ -257,12 +304,15 @@ def figure_panel(*names: str) -> list[Any]:
             raise FileNotFoundError(f"figure {name!r}: {svg} or its sidecar is missing; "
                                     "execute the notebook that draws it first")
         info = json.loads(meta.read_text())
-        names = [r if "/" not in r else Path(r).name for r in info["runs"]]
-        runs = (", ".join(f"`{r}`" for r in names) if len(names) <= FIGURE_RUNS_LISTED
-                else f"{len(names)} runs, listed in `figures/{name}.json`")
+        runs = [r if "/" not in r else Path(r).name for r in info["runs"]]
+        items = "".join(f"<li><code>{html.escape(r)}</code></li>" for r in runs)
         out.append(SVG(filename=str(svg)))
-        out.append(Markdown(f"*Figure `{name}`* (commit `{str(info['commit'])[:10]}`; "
-                            f"runs: {runs})"))
+        out.append(HTML(
+            f"<p class='golf-caption'><em>Figure <code>{html.escape(name)}</code></em></p>"
+            "<details class='golf-provenance'><summary>provenance</summary>"
+            f"<p>commit <code>{html.escape(str(info['commit'])[:10])}</code>; "
+            f"{len(runs)} run{'s' * (len(runs) != 1)} (also in "
+            f"<code>figures/{html.escape(name)}.json</code>):</p><ul>{items}</ul></details>"))
     return out
 
 

@@ -2,12 +2,14 @@
 
 `golf_core.report` executes the notebooks and calls these. Every page is rendered with
 nbconvert's HTMLExporter from the papermill-executed copy (never re-executed: each number is
-the recorded one, STYLE.md item 10) through the template in golf_core/templates/golf_report/:
+the recorded one) through the template in golf_core/templates/golf_report/:
 JupyterLab's look, nothing fetched from a CDN (the pages are read offline), a bar linking the
 index, the shared `style.css` (golf_core/templates/report.css, copied next to the pages),
 figures as inline SVG markup (`golf_core.plots.inline_svg`: crisp at any zoom, ids prefixed
 per output so figures on one page cannot clash, hover titles on per-seed curves) and widget
-views as a note (papermill saves no widget state). The index states the question, the scale
+views as a note (papermill saves no widget state), every "PR #N" of the prose a link to the
+pull request, intervals kept on one line, and no directory of the machine (paths under the
+project root or the repository shown relative to it). The index states the question, the scale
 and hardware, the findings (one line each, linked to the notebook behind it), each
 notebook's wall time and the command that reproduces the report; the first three are read
 from the executed writeup, not recomputed.
@@ -69,6 +71,88 @@ def inline_figures(nb: Any) -> Any:
     return nb
 
 
+PR_URL = "https://github.com/openai/parameter-golf/pull/{}"
+# what pr_links and page_markdown leave alone: code (fenced or inline), links (Markdown or
+# HTML), spans already kept on one line, HTML tags
+_NOT_PROSE = re.compile(r"(```.*?```|`[^`\n]*`|\[[^\]\n]*\]\([^)\s]*\)|<a\b.*?</a>|"
+                        r"<span class=.golf-nowrap.>.*?</span>|<[^>\n]*>)", re.S)
+
+
+_NUMBER = r"[+\-\u2212]?\d[\d.,]*(?:e[+\-]?\d+)?"
+_INTERVAL = re.compile(rf"\[({_NUMBER}), ({_NUMBER})\](?!\()")
+
+
+def _in_prose(markdown: str, change: Any) -> str:
+    """`change` applied to the prose parts of `markdown` only (not `_NOT_PROSE`)."""
+    parts = _NOT_PROSE.split(markdown)
+    return "".join(change(p) if i % 2 == 0 else p for i, p in enumerate(parts))
+
+
+def pr_links(markdown: str) -> str:
+    """Markdown with each "PR #N" of its prose a link to pull request N of
+    openai/parameter-golf (the sources the report cites); code and links are left alone."""
+    return _in_prose(markdown, lambda text: re.sub(
+        r"\bPR #(\d+)\b", lambda m: f"[PR #{m.group(1)}]({PR_URL.format(m.group(1))})", text))
+
+
+def page_markdown(markdown: str) -> str:
+    """Markdown as a page shows it: PRs linked (`pr_links`), each interval "[low, high]" of
+    its prose in a span that keeps it on one line."""
+    return pr_links(_in_prose(markdown, lambda text: _INTERVAL.sub(
+        r'<span class="golf-nowrap">[\1, \2]</span>', text)))
+
+
+def markdown_for_pages(nb: Any) -> Any:
+    """A page's Markdown (cells and Markdown outputs) through `page_markdown`: PRs linked,
+    intervals unbroken. Changes and returns `nb`."""
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            cell.source = page_markdown(cell.source)
+        for out in cell.get("outputs", []):
+            md = out.get("data", {}).get("text/markdown")
+            if md is not None:
+                out["data"]["text/markdown"] = page_markdown("".join(md) if isinstance(md, list)
+                                                             else md)
+    return nb
+
+
+def _roots() -> list[str]:
+    """The directories a rendered path is shown relative to: the project root (GOLF_ROOT or
+    the repository) and the repository, as prefixes ending in a separator, longest first."""
+    from golf_core.paths import project_root
+
+    repo = Path(__file__).resolve().parent.parent
+    roots = {str(r) for r in (project_root(), repo, project_root().resolve())}
+    return sorted((r.rstrip(os.sep) + os.sep for r in roots), key=len, reverse=True)
+
+
+def relative_paths(nb: Any, roots: list[str] | None = None) -> Any:
+    """The machine's directories out of a page: absolute paths under the project root or the
+    repository become relative to it (`<repo>/tests/golden/x.log` -> `tests/golden/x.log`)
+    in the parameters papermill injected and in every output. Changes and returns `nb`."""
+    roots = _roots() if roots is None else roots
+
+    def rel(value: Any) -> Any:
+        if isinstance(value, list):
+            return [rel(v) for v in value]
+        if not isinstance(value, str):
+            return value
+        for root in roots:
+            value = value.replace(root, "")
+        return value
+
+    for cell in nb.cells:
+        if "injected-parameters" in cell.get("metadata", {}).get("tags", []):
+            cell.source = rel(cell.source)
+        for out in cell.get("outputs", []):
+            if "text" in out:
+                out["text"] = rel(out["text"])
+            for mime, value in out.get("data", {}).items():
+                if mime.startswith("text/") or mime == "image/svg+xml":
+                    out["data"][mime] = rel(value)
+    return nb
+
+
 def completed(executed: Path) -> bool:
     """Whether an executed copy ran to the end (no error output: papermill keeps the copy of
     a failed run with its error banner)."""
@@ -85,7 +169,7 @@ def render_html(executed: Path, out: Path, *, title: str = "", scale: str = "",
     import nbformat
     from nbconvert import HTMLExporter
 
-    nb = inline_figures(nbformat.read(executed, as_version=4))
+    nb = markdown_for_pages(relative_paths(inline_figures(nbformat.read(executed, as_version=4))))
     nb.metadata["title"] = f"{title} - golf-recurrence" if title else executed.stem
     exporter = HTMLExporter(template_name=TEMPLATE, extra_template_basedirs=[str(TEMPLATE_DIR)],
                             embed_images=True, exclude_input=hide_code,
@@ -128,13 +212,15 @@ def _text(output: Any, mime: str) -> str:
 
 
 def markdown_rows(text: str) -> list[dict[str, str]]:
-    """The rows of a Markdown pipe table (`golf_core.report.markdown_table`'s output)."""
+    """The rows of a Markdown pipe table (`golf_core.report.markdown_table`'s output), as
+    plain text (a cell's inline HTML tags dropped; Markdown links kept)."""
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip().startswith("|")]
     if len(lines) < 2:
         return []
 
-    def cells(line: str) -> list[str]:
-        return [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line)[1:-1]]
+    def cells(line: str) -> list[str]:  # inline HTML (a no-wrap span) dropped, its text kept
+        return [re.sub(r"<[^>]+>", "", c).strip().replace("\\|", "|")
+                for c in re.split(r"(?<!\\)\|", line)[1:-1]]
 
     header = cells(lines[0])
     return [dict(zip(header, cells(line))) for line in lines[2:]]
@@ -154,12 +240,12 @@ def writeup_sections(executed: Path | None) -> dict[str, Any]:
     nb = nbformat.read(executed, as_version=4)
     for o in _cell_outputs(nb, "report.scale_markdown("):
         if "text/markdown" in o.get("data", {}):
-            out["scale"] = markdown2html(_text(o, "text/markdown"))
+            out["scale"] = markdown2html(page_markdown(_text(o, "text/markdown")))
         elif "text/html" in o.get("data", {}):
             out["hardware"] = _text(o, "text/html")
     for o in _cell_outputs(nb, "writeup.abstract_markdown("):
         if "text/markdown" in o.get("data", {}) and not out["answer"]:
-            out["answer"] = markdown2html(_text(o, "text/markdown"))
+            out["answer"] = markdown2html(page_markdown(_text(o, "text/markdown")))
         elif "image/svg+xml" in o.get("data", {}) and not out["answer_figure"]:
             out["answer_figure"] = _text(o, "image/svg+xml")
     for key, needle in (("findings", "report.findings("), ("study", "writeup.with_regime(")):
@@ -182,6 +268,19 @@ def _verdict_class(verdict: str) -> str:
                                                  "descriptive")) else ""
 
 
+def _links(escaped: str) -> str:
+    """Markdown links [text](https://...) in already escaped text as HTML anchors (the
+    findings' sources cite their pull requests)."""
+    return re.sub(r"\[([^\]]+)\]\((https?://[^)\s]+)\)", r"<a href='\2'>\1</a>", escaped)
+
+
+def _interval(row: Mapping[str, str]) -> str:
+    """The row's "[low, high]" (markdown_table's "95% CI" column, or ci_low/ci_high)."""
+    if row.get("95% CI"):
+        return row["95% CI"]
+    return f"[{row['ci_low']}, {row['ci_high']}]" if row.get("ci_low") else ""
+
+
 def _findings_html(rows: list[dict[str, str]], pages: Mapping[str, Path], *,
                    what: str = "") -> str:
     if not rows:
@@ -197,18 +296,20 @@ def _findings_html(rows: list[dict[str, str]], pages: Mapping[str, Path], *,
         verdict = e.get("verdict", "")
         interval = ""
         if e.get("diff"):  # no interval from fewer than two paired seeds
-            ci = f" [{e['ci_low']}, {e['ci_high']}]" if e.get("ci_low") else ""
-            interval = (f"{e['diff']}{ci}<br><span class='golf-muted'>n={e.get('n', '')}, "
+            ci = html.escape(_interval(r))
+            ci = f"<br><span class='golf-nowrap'>{ci}</span>" if ci else ""
+            interval = (f"<span class='golf-nowrap'>{e['diff']}</span>{ci}<br><span "
+                        f"class='golf-muted'>n={e.get('n', '')}, "
                         f"&delta;={e.get('delta', '')}</span>")
-        body.append(f"<tr><td>{claim}</td><td>{e.get('source', '')}</td>"
+        body.append(f"<tr><td>{claim}</td><td>{_links(e.get('source', ''))}</td>"
                     f"<td>{e.get('published', '')}</td><td>{e.get('ours', '')}</td>"
                     f"<td>{interval}</td>"
                     f"<td class='golf-verdict {_verdict_class(r.get('verdict', ''))}'>"
                     f"{verdict}</td></tr>")
-    return ("<table class='golf-findings'><thead><tr><th>claim (links to its notebook)</th>"
-            "<th>source</th><th>published</th><th>ours</th><th>a &minus; b [95% CI]</th>"
-            "<th>verdict</th></tr></thead>"
-            f"<tbody>{''.join(body)}</tbody></table>")
+    return ("<div class='golf-table-scroll'><table class='golf-findings'><thead><tr>"
+            "<th>claim (links to its notebook)</th><th>source</th><th>published</th>"
+            "<th>ours</th><th>a &minus; b [95% CI]</th><th>verdict</th></tr></thead>"
+            f"<tbody>{''.join(body)}</tbody></table></div>")
 
 
 def _notebooks_html(pages: Mapping[str, Path], times: Mapping[str, float],
@@ -221,9 +322,10 @@ def _notebooks_html(pages: Mapping[str, Path], times: Mapping[str, float],
         f"<td><code>notebooks/{html.escape(n)}.ipynb</code></td><td class='num'>-</td></tr>"
         for n, p in pages.items())
     total = sum(times.get(n, 0.0) for n in pages)
-    return ("<table class='golf-notebooks'><thead><tr><th>page</th><th>notebook</th>"
-            f"<th>wall time</th></tr></thead><tbody>{rows}</tbody><tfoot><tr><td>all</td>"
-            f"<td></td><td class='num'>{total / 60:.1f} min</td></tr></tfoot></table>")
+    return ("<div class='golf-table-scroll'><table class='golf-notebooks'><thead><tr>"
+            "<th>page</th><th>notebook</th><th>wall time</th></tr></thead>"
+            f"<tbody>{rows}</tbody><tfoot><tr><td>all</td><td></td>"
+            f"<td class='num'>{total / 60:.1f} min</td></tr></tfoot></table></div>")
 
 
 def _seeds_phrase(rows: list[dict[str, str]]) -> str:
@@ -245,7 +347,9 @@ def write_index(pages: Mapping[str, Path], times: Mapping[str, float], scale: st
             "published findings reproduce at this scale, with every figure. Each page is "
             "rendered from the papermill-executed notebook, so every number on it is the "
             "recorded one.</p>" if first is not None else "")
-    scale_html = (quoted["scale"] + quoted["hardware"]) or (
+    hardware = (f"<div class='golf-table-scroll'>{quoted['hardware']}</div>"
+                if quoted["hardware"] else "")
+    scale_html = (quoted["scale"] + hardware) or (
         "<p class='golf-muted'>(from the writeup, which has not run at this scale)</p>")
     answer_html = (f"<h2>The answer</h2>\n{quoted['answer']}\n"
                    f"<figure class='golf-figure'>{quoted['answer_figure']}</figure>"

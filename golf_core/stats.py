@@ -104,11 +104,11 @@ class Claim:
 
 
 def _pr54(text: str) -> dict[str, Any]:
-    return {"source": "PR #54 author's closing remark (issue 12)", "units": "bpb", "text": text}
+    return {"source": "PR #54 (its author's closing remark)", "units": "bpb", "text": text}
 
 
 def _pr363(text: str) -> dict[str, Any]:
-    return {"source": "PR #363 (DESIGN.md section 3)", "units": "bpb", "text": text}
+    return {"source": "PR #363", "units": "bpb", "text": text}
 
 
 # The published claims (DESIGN.md section 3), each under the budget it was made under and, for
@@ -169,7 +169,7 @@ CLAIMS: tuple[Claim, ...] = (
     # delta = the published effect: "equivalent" then says ours is smaller than PR #1204's
     Claim("delayed-vs-always-on", "Does delaying mini recurrence beat running it from step 0?",
           "pr1204", "pr1204-always-on", budget="steps", direction=-1,
-          delta=0.001, published={"source": "PR #1204 record (DESIGN.md section 3)",
+          delta=0.001, published={"source": "PR #1204 (the record)",
                                   "units": "bpb", "text": "delayed 1.1153 vs always-on 1.1163",
                                   "a": 1.1153, "b": 1.1163}),
 )
