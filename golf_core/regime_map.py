@@ -172,7 +172,7 @@ def _root(a: float, b: float) -> float:
     """D/N where a + b ln(D/N) = 0 going from loss to gain (b < 0); inf if it never does."""
     if b >= 0:
         return math.inf if a > 0 else 0.0
-    return math.exp(-a / b)
+    return math.exp(min(-a / b, 700.0))  # beyond e^700 (a slope ~0): as good as never
 
 
 def crossover(table: pd.DataFrame, metric: str = "val_bpb", *, resamples: int = 2000,
