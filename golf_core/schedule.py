@@ -1,7 +1,7 @@
 """Layer schedules: which physical block runs at each virtual depth, and with what extras.
 
 Every depth-recurrence variant of `golf_core.model.GPT` is a schedule over the same blocks
-(DESIGN.md section 3):
+(the published PRs):
 
 - `flat`   plain residual stack, no U-Net skips (control).
 - `unet`   upstream parameter-golf baseline: first `depth // 2` virtual layers push their

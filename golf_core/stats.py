@@ -4,7 +4,7 @@ A `Claim` names two arms (run labels of golf_core.experiments), the metric, the 
 arms were trained under (equal steps, or equal training FLOPs: golf_core.flops, the
 deterministic stand-in for PR #363's equal wallclock), the published sign of the difference,
 an equivalence margin delta and the published numbers with their source. `CLAIMS` lists the
-published claims the report checks (DESIGN.md section 3).
+published claims the report checks.
 
 From a tidy per-run table (one row per run: `label` (or `arm`), `seed`, metric columns,
 optionally `budget`), `paired_differences` pairs the arms by seed (same init seed and data
@@ -111,7 +111,7 @@ def _pr363(text: str) -> dict[str, Any]:
     return {"source": "PR #363", "units": "bpb", "text": text}
 
 
-# The published claims (DESIGN.md section 3), each under the budget it was made under and, for
+# The published claims, each under the budget it was made under and, for
 # PR #363's architecture comparisons (made at equal wallclock), also at equal steps. Arms of
 # the same architecture cost the same FLOPs per step, so equal steps is equal FLOPs for them.
 CLAIMS: tuple[Claim, ...] = (

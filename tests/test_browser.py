@@ -7,10 +7,11 @@ leaves the machine (no CDN: the report is read offline), an image or inline SVG 
 does not render, a table or figure wider than the page or cut off by its container (one that
 scrolls sideways inside its own box is fine), a page that scrolls sideways, an error shown in
 its outputs or prose ("Traceback", "Error", "ValueError", "Exception": the code of a notebook
-page is not read) and an absolute path of the machine anywhere in its text (/work/, /root/,
-/tmp/, /home/, /Users/). A full-page screenshot of each page at each width is saved under the
-report (`report/screenshots/<page>-<width>.png`, and in $GOLF_SCREENSHOT_DIR when set) for a
-person to look at. Without Chromium the tests skip, saying why."""
+page is not read), an absolute path of the machine anywhere in its text (/work/, /root/,
+/tmp/, /home/, /Users/) and an internal reference a reader cannot follow (DESIGN.md, STYLE.md,
+"(issue 12)"). A full-page screenshot of each page at each width is saved under the report
+(`report/screenshots/<page>-<width>.png`, and in $GOLF_SCREENSHOT_DIR when set) for a person
+to look at. Without Chromium the tests skip, saying why."""
 
 from __future__ import annotations
 
@@ -85,6 +86,9 @@ PAGE_STATE = r"""(() => {
   while (walker.nextNode()) texts.push(walker.currentNode.nodeValue);
   const abs_paths = [...new Set(texts.join('\n').match(
     /(?<![\w.~-])\/(?:work|root|tmp|home|Users)\/[^\s'"<>)\]]*/g) || [])];
+  // the project's internal files and tracker numbers: a reader has neither
+  const internal = [...new Set(texts.join('\n').match(
+    /\b(?:DESIGN|STYLE|CONTRACTS|DEVELOPERS)\.md\b|\(issue \d+\)|\bissue \d+'s\b/g) || [])];
   return {
     title: document.title,
     width: vw,
@@ -103,6 +107,7 @@ PAGE_STATE = r"""(() => {
     error_lines: shown.split('\n').filter(l => errors.some(w => l.includes(w)))
                       .slice(0, 3).map(l => l.slice(0, 160)),
     abs_paths: abs_paths,
+    internal: internal,
     tables: document.querySelectorAll('table').length,
     details: [...document.querySelectorAll('details')].map(
       d => [d.open, (d.querySelector('summary') || {}).textContent]),
@@ -132,6 +137,7 @@ def page_problems(state: dict) -> list[str]:
     out += [f"shows an error ({', '.join(state['errors'])}): {line}"
             for line in state["error_lines"] or [""]] if state["errors"] else []
     out += [f"absolute path in the page: {p}" for p in state["abs_paths"]]
+    out += [f"internal reference in the page: {p}" for p in state["internal"]]
     return out
 
 
@@ -304,7 +310,8 @@ def test_the_checker_catches_overflow_errors_and_absolute_paths(browser, tmp_pat
                    "<div style='overflow: hidden; width: 300px'><svg width='600' height='100'>"
                    "<rect width='600' height='100'/></svg></div>"
                    "<pre>Traceback (most recent call last):\nValueError: no runs</pre>"
-                   "<p>data in /work/main/data/sotu and /tmp/pytest-1/root</p></main></html>")
+                   "<p>data in /work/main/data/sotu and /tmp/pytest-1/root</p>"
+                   "<p>as DESIGN.md section 3 says (issue 12)</p></main></html>")
     problems, state = browser.visit(bad.as_uri(), tmp_path / f"bad-{width}.png")
     text = "\n".join(problems)
     assert f"at {width} px: table overflows the page" in text and 'under "findings"' in text
@@ -313,6 +320,8 @@ def test_the_checker_catches_overflow_errors_and_absolute_paths(browser, tmp_pat
     assert "shows an error (Traceback, ValueError): Traceback (most recent call last):" in text
     assert "absolute path in the page: /work/main/data/sotu" in text
     assert "absolute path in the page: /tmp/pytest-1/root" in text
+    assert "internal reference in the page: DESIGN.md" in text
+    assert "internal reference in the page: (issue 12)" in text
 
     good = tmp_path / "good.html"  # the same table in a box that scrolls: fine
     good.write_text(HEAD + f"<div style='overflow-x: auto'>{WIDE}</div><p>quantization error "

@@ -100,7 +100,7 @@ PRESETS: dict[str, dict] = {
                   "loop_core_layers": 2, "loop_repeats": 5},
     # PR #363's flat control on the same base: "pr363-3x3" without the loop (LOOP_CORE_LAYERS=0:
     # the script's U-Net over `blocks`; the loop options left are inert). 11 layers: neither
-    # PR #363's script nor DESIGN.md gives its depth; the issue's "3x3 vs flat 11L" does
+    # PR #363's script nor its README gives its depth; the issue's "3x3 vs flat 11L" does
     "pr363-flat": {**_RECORD, "num_heads": 8, "num_kv_heads": 4, "num_layers": 11,
                    "loop_core_layers": 0, "loop_repeats": 3},
 }  # fmt: skip
