@@ -169,9 +169,10 @@ def _fit(points: pd.DataFrame) -> tuple[float, float]:
 
 
 def _root(a: float, b: float) -> float:
-    """D/N where a + b ln(D/N) = 0 going from loss to gain (b < 0); inf if it never does."""
-    if b >= 0:
-        return math.inf if a > 0 else 0.0
+    """D/N where a + b ln(D/N) = 0 going from loss to gain (b < 0); inf where the line does
+    not fall (b >= 0)."""
+    if b >= 0:  # the gap does not fall with D/N: no crossover from loss to gain
+        return math.inf
     return math.exp(min(-a / b, 700.0))  # beyond e^700 (a slope ~0): as good as never
 
 
@@ -199,7 +200,9 @@ def crossover(table: pd.DataFrame, metric: str = "val_bpb", *, resamples: int = 
             ys = np.concatenate([y[i] for (_, y), i in zip(groups, picks)])
             slope, intercept = np.polyfit(xs, ys, 1)
             boots.append(_root(float(intercept), float(slope)))
-        lo, hi = (float(np.quantile(boots, q)) for q in (alpha / 2, 1 - alpha / 2))
+        # order statistics, no interpolation: a resample whose line never crosses is inf
+        lo, hi = (float(np.quantile(boots, q, method="inverted_cdf"))
+                  for q in (alpha / 2, 1 - alpha / 2))
         top = float(math.exp(pts["x"].max()))
         rows.append({"size": size, "pair": pair, "metric": METRICS[metric],
                      "rungs": int(pts["rung"].nunique()), "points": len(pts), "intercept": a,
@@ -208,22 +211,28 @@ def crossover(table: pd.DataFrame, metric: str = "val_bpb", *, resamples: int = 
     return pd.DataFrame(rows, columns=cols)
 
 
+def _fitted(est: float, lo: float, hi: float, top: float) -> str:
+    """The fitted crossover in words: a number with its interval, said to be an
+    extrapolation beyond the highest rung, or that the line never reaches zero."""
+    if math.isinf(est):
+        return "the fitted line does not fall with D/N (no crossover from loss to gain)"
+    where = " (beyond the highest rung: an extrapolation)" if est > top else ""
+    return f"fitted crossover D/N {est:.3g} [{lo:.3g}, {hi:.3g}]{where}"
+
+
 def _statement(est: float, lo: float, hi: float, top: float, g: pd.DataFrame,
                metric: str) -> str:
     gaps = gap_table(g)
     gaps = gaps[gaps["metric"] == METRICS[metric]]
     last = gaps.sort_values("rung").iloc[-1]
+    at = f"D/N {top:.0f}: {last['gap']:+.4f} [{last['ci_low']:+.4f}, {last['ci_high']:+.4f}]"
     if last["ci_low"] > 0:
-        where = (f"the loop still loses at the highest rung measured (D/N {top:.0f}: "
-                 f"{last['gap']:+.4f} [{last['ci_low']:+.4f}, {last['ci_high']:+.4f}])")
-        return f"no crossover below D/N {top:.0f}: {where}"
+        return (f"no crossover below D/N {top:.0f}: the loop still loses at the highest rung "
+                f"measured ({at}); {_fitted(est, lo, hi, top)}")
     if last["ci_high"] < 0:
-        return (f"the loop wins at the highest rung (D/N {top:.0f}: {last['gap']:+.4f} "
-                f"[{last['ci_low']:+.4f}, {last['ci_high']:+.4f}]); fitted crossover "
-                f"{est:.3g} [{lo:.3g}, {hi:.3g}]")
-    return (f"at the highest rung (D/N {top:.0f}) the gap's interval spans zero "
-            f"({last['gap']:+.4f} [{last['ci_low']:+.4f}, {last['ci_high']:+.4f}]); fitted "
-            f"crossover {est:.3g} [{lo:.3g}, {hi:.3g}]")
+        return f"the loop wins at the highest rung ({at}); {_fitted(est, lo, hi, top)}"
+    return (f"at the highest rung ({at}) the gap's interval spans zero; "
+            f"{_fitted(est, lo, hi, top)}")
 
 
 def law_crossover(non_embedding: float, law: dict[str, float] = LAW) -> float:
