@@ -39,7 +39,6 @@ missing, two at a time, rung by rung (every seed of a rung before the next), res
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from collections.abc import Sequence
 from functools import lru_cache
@@ -48,7 +47,7 @@ from typing import Any
 from torch import nn
 
 from golf_core.config import resolve
-from golf_core.experiments import _PLACE_KEYS, RunSpec, dataset_dir, scale_settings
+from golf_core.experiments import RunSpec, _settings_hash, dataset_dir, scale_settings
 from golf_core.flops import flops_per_token
 from golf_core.model import build_model
 
@@ -269,14 +268,6 @@ def rungs() -> list[Rung]:
             for pair in PAIRS if size in PAIRS[pair]]
 
 
-def _digest(preset_name: str, overrides: dict) -> str:
-    mcfg, tcfg = resolve(scale="cpu", preset=preset_name, environ={}, sets=dict(overrides))
-    train = {k: v for k, v in dataclasses.asdict(tcfg).items() if k not in _PLACE_KEYS}
-    blob = json.dumps({"preset": preset_name, "model": dataclasses.asdict(mcfg), "train": train},
-                      sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:6]
-
-
 def seeds_for(size: str, ratio: float) -> tuple[int, ...]:
     """The paired seeds of a rung: SEEDS, plus EXTRA_SEEDS on size A's short rungs."""
     return SEEDS + (EXTRA_SEEDS if size == "A" and ratio <= EXTRA_SEEDS_UP_TO else ())
@@ -296,7 +287,7 @@ def ladder(seeds: Sequence[int] | None = None, *, data_path: str = "",
             for arm in r.arms:
                 preset_name, sets = r.arms[arm]
                 overrides = {**sets, "data_path": data, "tokenizer_path": tok}
-                digest = _digest(preset_name, overrides)
+                digest = _settings_hash(preset_name, overrides, "cpu")
                 specs.append(RunSpec(
                     name=f"{SCALE}-{r.label}-{arm}-s{seed}-{digest}", label=f"{r.label}-{arm}",
                     preset=preset_name, seed=seed, scale=SCALE, train_scale="cpu",
