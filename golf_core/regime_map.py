@@ -98,6 +98,14 @@ def corpus_train_tokens() -> int:
     return sum(int(read_shard(p).numel()) for p in shards)
 
 
+def _mean_and_half_width(diffs: pd.Series, alpha: float) -> tuple[int, float, float]:
+    """Seeds, mean paired difference and its Student-t half-width (NaN below 2 seeds)."""
+    n = len(diffs)
+    mean = float(diffs.mean()) if n else float("nan")
+    hw = stats.half_width(float(diffs.std(ddof=1)), n, alpha) if n > 1 else float("nan")
+    return n, mean, hw
+
+
 def gap_table(table: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
     """Per (size, pair, rung) and metric: the paired gap loop - flat over seeds, with its
     Student-t interval, the flat arm's achieved D / N and the loop arm's epochs."""
@@ -112,10 +120,7 @@ def gap_table(table: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
             if metric not in wide or not {"loop", "flat"} <= set(wide[metric].columns):
                 continue
             diffs = (wide[metric]["loop"] - wide[metric]["flat"]).dropna()
-            n = len(diffs)
-            mean = float(diffs.mean()) if n else float("nan")
-            hw = (stats.half_width(float(diffs.std(ddof=1)), n, alpha) if n > 1
-                  else float("nan"))
+            n, mean, hw = _mean_and_half_width(diffs, alpha)
             flat = g[g["arm"] == "flat"]
             loop = g[g["arm"] == "loop"]
             rows.append({
@@ -142,10 +147,7 @@ def delayed_vs_always(table: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
         for metric, label in METRICS.items():
             diffs = (wide[metric]["loop"] - wide[metric]["always"]).dropna() if {
                 "loop", "always"} <= set(wide[metric].columns) else pd.Series(dtype=float)
-            n = len(diffs)
-            mean = float(diffs.mean()) if n else float("nan")
-            hw = (stats.half_width(float(diffs.std(ddof=1)), n, alpha) if n > 1
-                  else float("nan"))
+            n, mean, hw = _mean_and_half_width(diffs, alpha)
             flat = g[g["arm"] == "flat"]["tokens_per_param"]
             rows.append({"size": size, "pair": pair, "rung": rung, "metric": label, "n": n,
                          "diff": mean, "ci_low": mean - hw, "ci_high": mean + hw,
