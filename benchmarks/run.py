@@ -49,7 +49,7 @@ from golf_core import quant
 from golf_core.config import ConfigError, TrainConfig, parse_set_args, resolve, to_dict
 from golf_core.evaluate import ByteTables, evaluate_bpb
 from golf_core.model import GPT, PRESETS, build_model, count_parameters
-from golf_core.model.presets import OUR_PRESETS
+from golf_core.model.gpt import validate
 from golf_core.optim import (
     Muon,
     apply_schedule,
@@ -58,9 +58,10 @@ from golf_core.optim import (
     newton_schulz5_batched,
 )
 from golf_core.runs import cpu_isa, cpu_name, machine_slug
-from golf_core.schedule import validate_config
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# what the report trains: the baseline and the published models of its claims
+DEFAULT_PRESETS = ("unet", "flat", "pr54", "pr363-flat", "pr363-3x3", "pr363-2x5", "pr1204")
 
 
 def machine_info(device: torch.device) -> dict:
@@ -321,9 +322,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scale", default="cpu", choices=["cpu", "upstream"])
-    p.add_argument("--variants", default=",".join(OUR_PRESETS),
-                   help="comma-separated presets (default: our own shapes; the published "
-                        "families' presets, e.g. pr1204, also work)")
+    p.add_argument("--variants", default=",".join(DEFAULT_PRESETS),
+                   help="comma-separated presets (default: the ones the report trains)")
     p.add_argument("--set", dest="set_items", action="append", default=[], metavar="KEY=VALUE",
                    help="config override applied to every variant after the scale and preset, "
                         "as golf_core.train's --set (e.g. num_layers=2); repeatable")
@@ -369,7 +369,7 @@ def _check_args(args: argparse.Namespace) -> str | None:
         try:
             cfg = resolve(scale=args.scale, preset=v, environ={}, sets=args.sets)[0]
             if cfg.family == "golf":
-                validate_config(cfg)
+                validate(cfg)
             else:  # a published family's model checks its own options
                 with torch.device("meta"):
                     build_model(cfg)

@@ -33,11 +33,11 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """One GPT; every depth-recurrence variant is a setting here, not a fork of the model.
+    """One model of any family: upstream's baseline fields, then each family's own.
 
     The first block of fields is upstream's baseline (names and defaults of `train_gpt.py`).
     `num_layers` always counts *physical* blocks (distinct weights); the virtual depth the
-    forward pass runs through is derived by the model's layer schedule.
+    forward pass runs through is the family's (golf_core/model/families.py).
     """
 
     # upstream baseline
@@ -53,45 +53,24 @@ class ModelConfig:
     rope_base: float = 10000.0
     qk_gain_init: float = 1.5
 
-    # which model: "golf" (this GPT and its variants below) or a published PR's model,
-    # "pr54", "pr325", "pr363", "pr1204" (golf_core/model/families.py); the fields of each
-    # family's own section below are that PR script's hyperparameters (env var = upper case)
+    # which model: "golf" (upstream's baseline GPT, golf_core/model/gpt.py) or a published
+    # PR's model, "pr54", "pr325", "pr363", "pr1204" (golf_core/model/families.py); the fields
+    # of each family's own section below are that PR script's hyperparameters (env var = upper
+    # case)
     family: str = "golf"
 
-    # which skeleton: "flat" (plain residual stack), "unet" (upstream baseline),
-    # "looped" (PR #325/#363), "rqz" (PR #54). `mini` and `parallel` below compose with these.
+    # ---- the baseline GPT (family "golf"): "unet" (upstream's U-Net skips) or "flat" (none)
     variant: str = "unet"
     # U-Net skip weights init: "ones" (upstream code) or "zeros" (one explainer article's claim)
     skip_init: str = "ones"
-    # per-virtual-layer control tensors (scales, resid_mix, q_gain) where matrices are shared
-    untie_controls: bool = True
 
-    # looped (PR #325/#363): stem -> core of `loop_core` shared blocks x `loop_repeats` -> tail
-    loop_stem: int = 0
-    loop_core: int = 0
-    loop_repeats: int = 1
-    loop_tail: int = 0
-    loop_repeat_embed: bool = False  # per-repeat embeddings [R, d], zero-init
-    loop_adapter_rank: int = 0  # per-(repeat, block) low-rank adapters, up-projection zero-init
-    loop_mlp_only: bool = False  # repeats after the first run the MLP only
-
-    # rqz (PR #54): `rqz_unique` unique layers + one shared layer applied `rqz_k` times
-    rqz_unique: int = 0
-    rqz_k: int = 1
-
-    # mini depth recurrence (PR #1204): these physical layers run twice around the hinge
-    recur_layers: tuple[int, ...] = ()
+    # ---- PR #1204's mini depth recurrence and parallel lanes (its script's names)
+    recur_layers: tuple[int, ...] = ()  # these physical layers run twice around the hinge
     recur_start_step: int = 0  # activation step (0 = from the start)
     recur_start_frac: float = 0.0  # or a fraction of training (> 0 wins over the step)
-    recur_untie_mlp: bool = False  # repeated pass gets its own MLPs, copied at activation
-
-    # parallel residual lanes (PR #1204, from modded-nanogpt); -1 = off. A *physical* block
-    # index (PR #1204's start_mode=physical): lanes begin at the first virtual layer whose
-    # block is >= this and run to the end.
+    # first layer of the two residual lanes; -1 = off. A *physical* block index (PR #1204's
+    # start_mode=physical, see parallel_start_layer_is_physical below)
     parallel_start_layer: int = -1
-    # what the final norm reads once lanes run: "mean" of the two lanes (PR #1204's code), or one
-    # lane, "mlp" (PR #1204's record log: final_lane=mlp) or "attn"
-    parallel_final_lane: str = "mean"
 
     # ---- extras several published scripts share, under those scripts' names (env vars);
     # a family reads the ones its script has (PR #325, #363, #1204)
@@ -114,6 +93,8 @@ class ModelConfig:
     # ---- PR #325 (family "pr325"): fields added by golf_core/model/pr325.py's author
     # (its MLP_MULT is a float; every published shape uses 3.0, so the int mlp_mult holds it)
     loop_core_layers: int = 0  # shared core blocks; NUM_LAYERS - this splits into stem/tail
+    loop_repeats: int = 1  # passes through the core (its default 1: no loop)
+    loop_repeat_embed: bool = False  # per-repeat embeddings [R, d], zero-init
     loop_attn_every: int = 1  # attention repeats: r % this == 0 and the last; else refinement
     refine_mlp_mult: float = 1.0  # RefinementBlock MLP hidden = int(this * dim); 0 = no MLP
     refine_local_mix: bool = True  # RefinementBlock's gated mix with the previous position
@@ -134,8 +115,8 @@ class ModelConfig:
     # ---- end PR #363
 
     # ---- PR #1204 (family "pr1204"): fields added by golf_core/model/pr1204.py's author
-    # Its script's Hyperparameters, defaults as there; it also reads recur_layers,
-    # recur_start_step, parallel_start_layer and the shared extras above. Its MLP_MULT is a
+    # Its script's Hyperparameters, defaults as there; it also reads the recurrence and lane
+    # fields above and the shared extras. Its MLP_MULT is a
     # float (3.0); here the int mlp_mult.
     ve_enabled: bool = True  # value embedding (one shared table) added to v on ve_layers
     ve_dim: int = 128
@@ -152,6 +133,32 @@ class ModelConfig:
     skip_gated: bool = True  # U-Net skips lerp(w * skip, x, sigmoid(gate)) as the record does
     smear_gate: bool = True  # SmearGate after the embedding norm, as the record does
     # ---- end PR #1204
+
+
+# Fields of the simplified looped/rqz/mini/parallel shapes this project once had beside the
+# published families, with the only value any kept model ran them at. A stored config
+# (config.json of a committed run) may carry them at these values; run names hash them in, so a
+# run's name is the same before and after their removal (experiments._settings_hash).
+RETIRED_MODEL_FIELDS: dict[str, Any] = {
+    "untie_controls": True, "loop_stem": 0, "loop_core": 0, "loop_tail": 0,
+    "loop_adapter_rank": 0, "loop_mlp_only": False, "rqz_unique": 0, "rqz_k": 1,
+    "recur_untie_mlp": False, "parallel_final_lane": "mean",
+}  # fmt: skip
+
+
+def drop_retired(model: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """`model` (stored ModelConfig keys) without the retired fields at their only value; a
+    retired field at another value raises ConfigError (that run used a retired shape)."""
+    out = dict(model)
+    for key, value in RETIRED_MODEL_FIELDS.items():
+        if key not in out:
+            continue
+        got = out.pop(key)
+        if (list(got) if isinstance(got, tuple) else got) != value:
+            raise ConfigError(f"{source}: {key}={got!r} belongs to a retired simplified model "
+                              "shape (looped/rqz/mini/parallel); only the baseline and the "
+                              "published families remain")
+    return out
 
 
 # ----------------------------------------------------------------------------- training
@@ -318,6 +325,8 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 def apply_overrides(cfg: C, overrides: Mapping[str, Any], *, source: str = "overrides") -> C:
     """A copy of `cfg` with `overrides` applied (strings are parsed to the field's type)."""
+    if isinstance(cfg, ModelConfig):  # a stored config of a committed run may carry these
+        overrides = drop_retired(overrides, source)
     types_ = _field_types(type(cfg))
     unknown = sorted(set(overrides) - set(types_))
     if unknown:
@@ -335,7 +344,7 @@ def env_overrides(cls: type, environ: Mapping[str, str] | None = None) -> dict[s
 
 
 def parse_set_args(items: list[str] | None) -> dict[str, str]:
-    """`["num_layers=11", "variant=looped"]` -> dict; a malformed item raises ConfigError."""
+    """`["num_layers=11", "variant=flat"]` -> dict; a malformed item raises ConfigError."""
     out: dict[str, str] = {}
     for item in items or []:
         key, sep, value = item.partition("=")
@@ -347,7 +356,7 @@ def parse_set_args(items: list[str] | None) -> dict[str, str]:
 
 def split_overrides(overrides: Mapping[str, Any]) -> tuple[dict, dict]:
     """Split a flat mapping into (model keys, train keys); a key in neither raises ConfigError."""
-    model_keys = {f.name for f in fields(ModelConfig)}
+    model_keys = {f.name for f in fields(ModelConfig)} | set(RETIRED_MODEL_FIELDS)
     train_keys = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(overrides) - model_keys - train_keys)
     if unknown:
@@ -435,7 +444,7 @@ def _layered(config: Mapping[str, Any], source: str) -> tuple[dict, dict]:
 
 
 # A scale always sets the width; a preset's other keys (variant, depth, loops, recurrence,
-# lanes, mlp_mult) win over the scale's: `--scale cpu --preset mini` is PR #1204's 11-layer
+# lanes, mlp_mult) win over the scale's: `--scale cpu --preset pr1204` is PR #1204's 11-layer
 # shape at the cpu width, not a 4-layer model that could not hold recur_layers (4, 5).
 SCALE_WIDTH_KEYS = ("model_dim", "num_heads", "num_kv_heads", "vocab_size")
 

@@ -302,11 +302,13 @@ def _settings_hash(preset: str, overrides: Mapping[str, Any], train_scale: str) 
     """Six hex digits of the run's resolved model and training config (so a changed default
     renames the run instead of reusing a stale one), without the keys that only place files:
     the same run on another machine, under another path, has the same name."""
-    from golf_core.config import resolve
+    from golf_core.config import RETIRED_MODEL_FIELDS, resolve
 
     mcfg, tcfg = resolve(scale=train_scale, preset=preset, environ={}, sets=dict(overrides))
     train = {k: v for k, v in dataclasses.asdict(tcfg).items() if k not in _PLACE_KEYS}
-    blob = json.dumps({"preset": preset, "model": dataclasses.asdict(mcfg), "train": train},
+    # the retired fields at their only value: names stay what they were before the removal
+    model = {**RETIRED_MODEL_FIELDS, **dataclasses.asdict(mcfg)}
+    blob = json.dumps({"preset": preset, "model": model, "train": train},
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:6]
 
@@ -718,7 +720,7 @@ def recurrence_error_table(specs: Sequence[RunSpec], *, bits: int = 6, n_seqs: i
 
 
 def depth_sweep(spec: RunSpec, ks: Sequence[int], *, batch_seqs: int = 16) -> pd.DataFrame:
-    """val_bpb of a shared-layer (rqz) run evaluated with K' = each of `ks` iterations."""
+    """val_bpb of a PR #54 run evaluated with K' = each of `ks` passes of its shared layer."""
     from golf_core.evaluate import evaluate_bpb
     from golf_core.runs import load_model
 
@@ -735,10 +737,9 @@ def depth_sweep(spec: RunSpec, ks: Sequence[int], *, batch_seqs: int = 16) -> pd
 
 
 def trained_k(spec: RunSpec) -> int:
-    """The K (passes of the shared layer) a rqz / PR #54 run was trained with."""
+    """The K (passes of the shared layer) a PR #54 run was trained with."""
     (run,) = load_runs([spec])
-    m = run.config["model"]
-    return int(m["num_recurrent_passes"] if m.get("family") == "pr54" else m["rqz_k"])
+    return int(run.config["model"]["num_recurrent_passes"])
 
 
 def parse_env_config(text: str) -> dict[str, str]:

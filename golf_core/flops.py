@@ -18,10 +18,10 @@ Not counted: the embedding lookup (not a matmul), norms, rotary, softcap, softma
 elementwise op, and control tensors (vectors). Virtual layers that skip attention add no
 attention term. So a looped model has more FLOPs per token than its stored parameters suggest.
 
-Our GPT is counted over its training-time schedule (`full_schedule`: mini recurrence active);
-the published families (golf_core/model/families.py) count themselves with
-`matmul_params_per_token()` and `attention_layers()`. A delayed-recurrence run spends fewer
-FLOPs per token before activation than this count says; the budgets below do not discount it.
+Every family (golf_core/model/families.py) counts itself over its training-time schedule
+(recurrence active) with `matmul_params_per_token()` and `attention_layers()`. A
+delayed-recurrence run spends fewer FLOPs per token before activation than this count says;
+the budgets below do not discount it.
 
 Equal FLOPs stand in for PR #363's equal wallclock: deterministic, and the same on any
 machine (measured seconds are recorded beside them, not used to set budgets).
@@ -35,26 +35,18 @@ from typing import Any
 
 from torch import nn
 
+from golf_core.config import ModelConfig
+from golf_core.model import build_model
+
 
 def matmul_params_per_token(model: nn.Module) -> int:
-    """N_matmul of the module docstring: our GPT over its training-time schedule, a published
-    family by its own `matmul_params_per_token()`."""
-    if hasattr(model, "matmul_params_per_token"):
-        return int(model.matmul_params_per_token())
-    from golf_core.model import layer_params_unique  # lazy: the model package imports torch
-
-    linear = {id(m.weight) for m in model.modules() if isinstance(m, nn.Linear)}
-    n = 0
-    for layer in model.full_schedule.layers:
-        n += sum(p.numel() for p in layer_params_unique(model, layer) if id(p) in linear)
-    return n + model.cfg.vocab_size * model.cfg.model_dim  # the LM head (tied or untied)
+    """N_matmul of the module docstring: the family's own `matmul_params_per_token()`."""
+    return int(model.matmul_params_per_token())
 
 
 def attention_layers(model: nn.Module) -> int:
     """Virtual layers of the training-time schedule that run attention."""
-    if hasattr(model, "attention_layers"):
-        return int(model.attention_layers())
-    return sum(1 for layer in model.full_schedule.layers if layer.attn)
+    return int(model.attention_layers())
 
 
 def flops_per_token(model: nn.Module, seq_len: int) -> float:
@@ -72,9 +64,6 @@ matmul_flops_per_token = flops_per_token  # the name benchmarks/flops.py has alw
 def _as_model(model: Any) -> nn.Module:
     if isinstance(model, nn.Module):
         return model
-    from golf_core.config import ModelConfig
-    from golf_core.model import build_model
-
     if isinstance(model, ModelConfig):
         return build_model(model)
     raise TypeError(f"expected a model or a ModelConfig, got {type(model).__name__}")

@@ -61,16 +61,9 @@ ROUTING, QUANT_ERROR = "routing.json", "quant_error.json"
 
 
 def variant_label(mcfg: ModelConfig) -> str:
-    """A short name of the model's variant: a published family's name (`pr1204`), else our
-    skeleton plus composed options (`unet+mini`)."""
-    if mcfg.family != "golf":
-        return mcfg.family
-    parts = [mcfg.variant]
-    if mcfg.recur_layers:
-        parts.append("mini")
-    if mcfg.parallel_start_layer >= 0:
-        parts.append("parallel")
-    return "+".join(parts)
+    """A short name of the model: a published family's name (`pr1204`), else the baseline's
+    variant (`unet`, `flat`)."""
+    return mcfg.family if mcfg.family != "golf" else mcfg.variant
 
 
 def default_run_name(label: str, tag: str, seed: int, now: datetime | None = None) -> str:

@@ -64,6 +64,7 @@ from golf_core.distributed import (
     teardown,
     world_size_from_env,
 )
+from golf_core.model import PRESETS
 from golf_core.runs import (
     ARTIFACT_REPORT,
     CONFIG,
@@ -120,8 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="JSON config: flat keys or {\"model\": {...}, \"train\": {...}} "
                         "(a run's config.json works)")
     parser.add_argument("--preset", metavar="NAME",
-                        help="model preset (golf_core.model.preset): flat, unet, looped-3x3, "
-                        "looped-2x5, rqz, mini, parallel, mini+parallel")
+                        help="model preset (golf_core.model.preset): "
+                        + ", ".join(PRESETS))
     parser.add_argument("--scale", choices=sorted(SCALES),
                         help="named overrides (config.SCALES): cpu = the built-in CPU run "
                         "(0.59M params, 200 steps of 2048 tokens, ~1 min), upstream = the "

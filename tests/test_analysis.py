@@ -7,7 +7,8 @@ import torch
 
 from conftest import fixture_dir
 from golf_core.analysis import LANE_COLUMNS, config_from_state_dict, routing_tables
-from golf_core.model import GPT, preset
+from golf_core.model import PRESETS, build_model, preset
+from golf_core.model.tables import SKIP_COLUMNS
 
 SMALL = dict(vocab_size=64, model_dim=32, num_heads=4, num_kv_heads=2)
 
@@ -48,27 +49,21 @@ def test_resid_mix_rows_hold_each_layers_x_and_x0_coefficients(upstream_state):
         assert row["x0_coef_abs_mean"] == pytest.approx(mix[1].abs().mean().item())
 
 
-def test_lane_rows_use_pr_1204_names_and_read_the_lambdas_of_each_physical_block():
-    cfg = preset("mini+parallel", **SMALL)  # 11 physical blocks, lanes from physical 7
-    model = GPT(cfg)
-    model.activate_recurrence()
-    with torch.no_grad():
-        model.parallel_post_lambdas.copy_(torch.randn(11, 2, 2))
-        model.parallel_resid_lambdas.copy_(torch.randn(11, 2))
-    lanes = routing_tables(model)["lanes"]
-    assert tuple(lanes.columns) == LANE_COLUMNS
-    assert lanes["layer"].tolist() == [9, 10, 11, 12]  # as in PR #1204's seed-1337 log
-    assert lanes["physical"].tolist() == [7, 8, 9, 10]
-    post, resid = model.parallel_post_lambdas, model.parallel_resid_lambdas
-    row = lanes.iloc[0]
-    assert row["attn_to_mlp"] == pytest.approx(post[7, 0, 1].item())
-    assert row["mlp_to_attn"] == pytest.approx(post[7, 1, 0].item())
-    assert row["mlp_resid"] == pytest.approx(resid[7, 1].item())
+@pytest.mark.parametrize("name", PRESETS)
+def test_every_family_tabulates_under_the_shared_column_names(name):
+    model = build_model(preset(name, vocab_size=64, model_dim=64, num_heads=4, num_kv_heads=2))
+    tables = routing_tables(model)
+    assert {"skip_weights", "resid_mix", "lanes", "embeddings", "params"} <= set(tables)
+    assert tuple(tables["lanes"].columns) == LANE_COLUMNS
+    assert {"name", "index"} <= set(tables["embeddings"].columns)
+    assert tuple(tables["skip_weights"].columns[:6]) == SKIP_COLUMNS
+    params = tables["params"].iloc[0]  # a row per virtual layer of the current schedule
+    assert params["physical_layers"] <= len(tables["resid_mix"]) <= params["effective_depth"]
 
 
 def test_a_state_dict_with_its_config_gives_the_same_tables_as_the_model():
-    cfg = preset("looped-3x3", loop_repeat_embed=True, **SMALL)
-    model = GPT(cfg)
+    cfg = preset("pr363-3x3", loop_repeat_embed=True, rope_dims=8, **SMALL)
+    model = build_model(cfg)
     with torch.no_grad():
         model.loop_repeat_embed.copy_(torch.arange(3.0)[:, None].expand(3, 32))
     from_model = routing_tables(model)
@@ -79,7 +74,6 @@ def test_a_state_dict_with_its_config_gives_the_same_tables_as_the_model():
     assert norms == pytest.approx([0.0, 32**0.5, 2 * 32**0.5])
 
 
-def test_a_variant_state_dict_without_its_config_is_refused():
-    state = GPT(preset("rqz", **SMALL)).state_dict()
-    with pytest.raises(ValueError, match=r"state dict has variant tensors \(rqz_iter_embed"):
-        routing_tables(state)
+def test_a_state_dict_of_no_known_shape_is_refused_naming_what_it_lacks():
+    with pytest.raises(ValueError, match=r"state dict lacks tok_emb.weight, blocks.0.attn.q_gain"):
+        routing_tables({"wte.weight": torch.zeros(4, 2)})

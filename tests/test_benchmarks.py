@@ -12,7 +12,7 @@ import torch.distributed as dist
 
 from benchmarks import run
 from benchmarks.flops import matmul_flops_per_token, matmul_params_per_token
-from golf_core.model import GPT, preset
+from golf_core.model import GPT, build_model, preset
 from golf_core.optim import Muon, newton_schulz5, newton_schulz5_batched
 
 # d=32, 2 heads / 1 KV head (head dim 16, kv dim 16), mlp_mult 2, vocab 64
@@ -32,23 +32,11 @@ def test_flat_model_flops_are_six_n_plus_twelve_l_d_t():
     assert matmul_flops_per_token(model, SEQ) == 6 * 16_384 + 12 * 2 * 32 * SEQ == 110_592
 
 
-def test_looped_model_counts_a_shared_block_once_per_use():
-    # stem 1 + core 1 x 3 repeats + tail 1: 3 physical blocks, 5 virtual layers
-    model = GPT(preset("looped-3x3", num_layers=3, loop_core=1, **TINY))
+def test_a_recurrent_model_counts_its_shared_block_once_per_use():
+    # PR #54: 2 unique blocks, then the shared block 3 times: 3 physical, 5 virtual layers
+    model = build_model(preset("pr54", num_unique_layers=2, num_recurrent_passes=3, **TINY))
     assert matmul_params_per_token(model) == 5 * BLOCK + HEAD
     assert matmul_flops_per_token(model, SEQ) == 6 * (5 * BLOCK + HEAD) + 12 * 5 * 32 * SEQ
-
-
-def test_mlp_only_repeats_add_no_attention_flops_and_adapters_count_per_use():
-    cfg = preset("looped-3x3", num_layers=3, loop_core=1, loop_mlp_only=True,
-                 loop_adapter_rank=4, **TINY)
-    model = GPT(cfg)
-    attn = 32 * 32 + 16 * 32 + 16 * 32 + 32 * 32
-    adapters = 3 * (4 * 32 + 32 * 4)  # one (down, up) per repeat of the core block
-    # repeats 2 and 3 of the core run its MLP only
-    assert matmul_params_per_token(model) == 5 * BLOCK - 2 * attn + adapters + HEAD
-    assert matmul_flops_per_token(model, SEQ) == (
-        6 * (5 * BLOCK - 2 * attn + adapters + HEAD) + 12 * 3 * 32 * SEQ)
 
 
 # ----------------------------------------------------------------------------- the runner
@@ -122,8 +110,8 @@ def test_runner_rejects_an_unknown_variant_with_exit_code_2(capsys):
 
 
 def test_runner_rejects_a_set_that_breaks_the_variant_naming_it(capsys):
-    assert run.main(["--variants", "looped-3x3", "--set", "num_layers=3"]) == 2
-    assert "variant 'looped-3x3'" in capsys.readouterr().err
+    assert run.main(["--variants", "unet", "--set", "num_kv_heads=3"]) == 2
+    assert "variant 'unet'" in capsys.readouterr().err
     assert run.main(["--set", "num_layers"]) == 2
     assert "--set: expected key=value, got 'num_layers'" in capsys.readouterr().err
 

@@ -27,26 +27,6 @@ from golf_core.train import main
 FINAL = explore.FINAL
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """{"mini": run dir, "looped": run dir}, each with checkpoints at steps 5 and 10."""
-    base = tmp_path_factory.mktemp("explore")
-    data = small_dataset(tmp_path_factory.getbasetemp())
-    shapes = {
-        "mini": dict(num_layers=5, recur_layers=[1, 2], recur_start_frac=0.5,
-                     parallel_start_layer=3),
-        "looped": dict(variant="looped", num_layers=3, loop_stem=1, loop_core=1,
-                       loop_repeats=3, loop_tail=1, loop_repeat_embed=True),
-    }
-    out = {}
-    for name, shape in shapes.items():
-        cfg = tiny_config(base, data, iterations=10, checkpoint_every=5, keep_checkpoints=0,
-                          run_name=name, **shape)
-        main(["--config", str(cfg)], environ={})
-        out[name] = base / "runs" / name
-    return out
-
-
 # One tiny run per published family, PR #363's 3x3 loop on PR #325's model too: 4 steps,
 # checkpoints at 2 and 4. PR #1204's is 64 wide, where its repeat MLPs start orthogonal
 # against zero-initialised bank slices, and its repeat starts at step 2.
@@ -64,23 +44,42 @@ FAMILY_RUNS = {
     "pr363": dict(num_layers=2, num_heads=4, num_kv_heads=2, num_unique_blocks=2,
                   effective_depth=5, depth_lora_rank=2, bigram_buckets=16, bigram_dim=8,
                   xsa_last_n=1),
+    "golf": dict(num_layers=4),
 }  # fmt: skip
 
 
 @pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """{"mini": PR #1204's run dir (mini recurrence from step 5, lanes), "looped": PR #363's
+    3x3 loop on PR #325's model}, each with checkpoints at steps 5 and 10."""
+    base = tmp_path_factory.mktemp("explore")
+    data = small_dataset(tmp_path_factory.getbasetemp())
+    shapes = {"mini": ("pr1204", FAMILY_RUNS["pr1204"]),
+              "looped": ("pr363-3x3", FAMILY_RUNS["pr363-3x3"])}
+    out = {}
+    for name, (preset, shape) in shapes.items():
+        cfg = tiny_config(base, data, iterations=10, checkpoint_every=5, keep_checkpoints=0,
+                          run_name=name, **shape)
+        main(["--config", str(cfg), "--preset", preset], environ={})
+        out[name] = base / "runs" / name
+    return out
+
+
+@pytest.fixture(scope="module")
 def family_run(tmp_path_factory, runs):
-    """preset name -> its FAMILY_RUNS run dir, trained on first use; "golf": the mini run of
-    `runs`."""
+    """preset name -> its FAMILY_RUNS run dir, trained on first use; "golf": the upstream
+    baseline (unet) at the tiny size."""
     base = tmp_path_factory.mktemp("families")
     data = small_dataset(tmp_path_factory.getbasetemp())
-    done = {"golf": runs["mini"]}
+    done = {}
 
     def get(name: str):
         if name not in done:
             cfg = tiny_config(base, data, iterations=4, checkpoint_every=2, keep_checkpoints=0,
                               warmdown_iters=2, val_loss_every=0, run_name=name,
                               **FAMILY_RUNS[name])
-            main(["--config", str(cfg), "--preset", name], environ={})
+            main(["--config", str(cfg), "--preset", "unet" if name == "golf" else name],
+                 environ={})
             done[name] = base / "runs" / name
         return done[name]
 
@@ -103,7 +102,7 @@ def test_a_run_opens_at_its_initialisation_each_kept_checkpoint_and_its_final_mo
     source = explore.run_source(runs["mini"])
     assert source.steps() == [0, 5, 10, FINAL]
     assert [source.step_label(s) for s in source.steps()] == ["0 (init)", "5", "10", "final"]
-    assert source.label == "mini (unet+mini+parallel)"
+    assert source.label == "mini (pr1204)"
 
 
 def test_step_0_is_the_initialisation_the_run_started_from(runs):
@@ -144,8 +143,9 @@ def test_quantization_error_has_a_row_per_virtual_layer_and_shrinks_with_more_bi
     snap = explore.load_snapshot(explore.run_source(runs["looped"]))
     int4 = explore.quant_error_table(snap, bits=4)
     int8 = explore.quant_error_table(snap, bits=8)
-    assert list(int4["virtual_layer"]) == list(range(5))  # stem, core x3, tail
-    assert list(int4["shared"]) == [False, True, True, True, False]
+    assert list(int4["virtual_layer"]) == list(range(15))  # stem 3, core 3 x 3, tail 3
+    shared = list(int4["shared"])  # stem and tail once; the core's blocks at every repeat
+    assert shared[:3] == shared[-3:] == [False] * 3 and sum(shared) >= 6
     assert set(int4["batch"]) == {"validation tokens"}
     assert (int8["rel_error"] < int4["rel_error"]).all()
     assert (int8["rel_error"] > 0).all()
@@ -256,7 +256,7 @@ def test_a_model_the_error_diagnostic_cannot_run_keeps_its_other_panels(runs, mo
     monkeypatch.setattr("golf_core.quant.recurrence_error", broken)
     snap = explore.load_snapshot(explore.run_source(runs["looped"]))
     tables = explore.snapshot_tables(snap)
-    assert tables["quant_error"].empty and len(tables["resid_mix"]) == 5
+    assert tables["quant_error"].empty and len(tables["resid_mix"]) == 15
     assert tables["quant_error"].attrs["unavailable"].startswith("RuntimeError: Error(s)")
     fig = explore.snapshot_figure(tables)
     (panel,) = [ax for ax in fig.axes if ax.get_title().startswith("quantization")]
@@ -319,9 +319,9 @@ def test_a_typed_path_opens_that_file_and_a_bad_one_keeps_the_selection(explorer
 
 
 def test_a_family_the_run_was_not_trained_as_is_shown_as_a_one_line_error(explorer):
-    explorer.family.value = "pr1204"
+    explorer.family.value = "pr54"
     assert explorer.error.startswith("ExploreError: family: run mini was trained as family "
-                                     "'golf'")
+                                     "'pr1204'")
     assert explorer.a.source.path.name == "mini"  # the last good selection stays
 
 

@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 
 from conftest import expected, fixture_dir
 from golf_core.config import ModelConfig, TrainConfig
-from golf_core.model import CONTROL_PATTERNS, GPT, preset
+from golf_core.model import CONTROL_PATTERNS, GPT, build_model, preset
 from golf_core.optim import (
     Muon,
     _check_partition,
@@ -157,9 +157,9 @@ def test_untied_head_gets_its_own_adam_and_the_embedding_uses_embed_lr():
 
 
 def test_looped_model_groups_shared_blocks_once_and_repeat_tensors_to_adam():
-    cfg = preset("looped-3x3", model_dim=32, num_heads=2, num_kv_heads=1, vocab_size=64,
-                 loop_repeat_embed=True, loop_adapter_rank=2)
-    model = GPT(cfg)
+    cfg = preset("pr363-3x3", model_dim=32, num_heads=2, num_kv_heads=1, vocab_size=64,
+                 loop_repeat_embed=True, loop_adapter_dim=2)
+    model = build_model(cfg)
     groups = group_parameters(model)
     named = dict(model.named_parameters())
     assert sum(len(v) for v in groups.values()) == len(named)

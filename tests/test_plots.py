@@ -20,7 +20,7 @@ def _curves() -> pd.DataFrame:
     rows = [dict(label=lab, seed=seed, step=step, train_seconds=0.3 * step,
                  val_bpb=3.5 - 0.004 * step + 0.01 * seed + (0.05 if lab == "flat" else 0.0),
                  train_loss=6.0 - 0.01 * step)
-            for lab in ("flat", "looped-3x3") for seed in (0, 1) for step in range(0, 201, 25)]
+            for lab in ("flat", "pr363-3x3") for seed in (0, 1) for step in range(0, 201, 25)]
     return pd.DataFrame(rows)
 
 
@@ -63,7 +63,7 @@ FIGURES = {
     "recurrence_error": lambda: plots.recurrence_error_figure(_recurrence()),
     "roundtrip_gap": lambda: plots.roundtrip_gap_figure(_finals()),
     "depth_sweep": lambda: plots.depth_sweep_figure(
-        pd.DataFrame(dict(label="rqz", k=[1, 2, 3, 4], val_bpb=[3.0, 2.8, 2.7, 2.75])),
+        pd.DataFrame(dict(label="pr54", k=[1, 2, 3, 4], val_bpb=[3.0, 2.8, 2.7, 2.75])),
         trained_k=3),
 }
 
@@ -87,7 +87,7 @@ def test_curves_draw_one_line_per_seed_and_one_colour_per_label():
     ax = plots.val_bpb_curves(_curves(), x="step").axes[0]
     assert len(ax.lines) == 4  # 2 labels x 2 seeds
     assert len({line.get_color() for line in ax.lines}) == 2
-    assert sorted(t.get_text() for t in ax.get_legend().get_texts()) == ["flat", "looped-3x3"]
+    assert sorted(t.get_text() for t in ax.get_legend().get_texts()) == ["flat", "pr363-3x3"]
 
 
 def test_lane_heatmaps_show_the_routing_values_as_text():
@@ -118,8 +118,8 @@ def test_an_empty_table_is_refused():
 
 
 def test_labels_keep_their_colour_across_figures():
-    a = plots.colors_for(["flat", "looped-3x3", "looped-2x5"])
-    b = plots.colors_for(["looped-2x5", "flat", "looped-3x3", "flat"])
+    a = plots.colors_for(["flat", "pr363-3x3", "pr363-2x5"])
+    b = plots.colors_for(["pr363-2x5", "flat", "pr363-3x3", "flat"])
     assert a == b and len(set(a.values())) == 3
 
 

@@ -14,7 +14,7 @@ import torch
 from conftest import expected, fixture_dir
 from golf_core.config import ModelConfig, TrainConfig
 from golf_core.evaluate import ByteTables, evaluate_bpb
-from golf_core.model import GPT, CastedLinear, preset
+from golf_core.model import GPT, CastedLinear, build_model, preset
 from golf_core.optim import build_optimizers
 from golf_core.quant import (
     BUDGET_BYTES,
@@ -337,14 +337,13 @@ def test_ste_qat_forwards_the_exported_weight_with_identity_gradient():
 def test_qat_follows_the_export_policy_and_can_target_the_loop_core():
     tiny = GPT(ModelConfig(**TINY))
     assert enable_qat(tiny, "noisy") == []  # nothing this small is quantized at export
-    cfg = preset("looped-3x3", model_dim=32, num_heads=2, num_kv_heads=1, vocab_size=64)
-    looped = GPT(cfg)
+    looped = _looped()  # PR #363: 3 blocks cycled to depth 9, per-depth LoRA
     every = enable_qat(looped, "noisy", scheme=ALL)
-    assert every and all(n.startswith("blocks.") for n in every)
+    assert any(not n.startswith("blocks.") for n in every)  # bigram_proj: not the core
     disable_qat(looped)
     core = enable_qat(looped, "ste", modules="core", scheme=ALL)
-    shared = {f"blocks.{p}." for p in looped.full_schedule.shared_blocks()}
-    assert core and {n[: len("blocks.1.")] for n in core} == shared
+    shared = {f"blocks.{p}." for p in looped.schedule.shared_blocks()}
+    assert core and set(core) < set(every) and {n[: len("blocks.1.")] for n in core} == shared
     with pytest.raises(ValueError, match=r"modules='core' but the model has no shared core"):
         enable_qat(tiny, "noisy", modules="core")
     with pytest.raises(ValueError, match=r"mode must be one of \('noisy', 'ste'\), got 'int'"):
@@ -354,10 +353,11 @@ def test_qat_follows_the_export_policy_and_can_target_the_loop_core():
 # ----------------------------------------------------------------------------- diagnostics
 
 
-def _looped() -> GPT:
+def _looped() -> torch.nn.Module:
     torch.manual_seed(0)
-    cfg = preset("looped-3x3", model_dim=32, num_heads=2, num_kv_heads=1, vocab_size=64)
-    return _perturbed(GPT(cfg))
+    cfg = preset("pr363", model_dim=32, num_heads=2, num_kv_heads=1, vocab_size=64,
+                 num_unique_blocks=3, effective_depth=9, bigram_buckets=64, bigram_dim=16)
+    return _perturbed(build_model(cfg))
 
 
 def test_recurrence_error_is_zero_for_an_unquantized_copy_with_one_row_per_virtual_layer():

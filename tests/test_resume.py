@@ -131,7 +131,8 @@ def test_mini_recurrence_and_noisy_qat_switch_on_once_and_survive_a_resume(tmp_p
     come back) from step 10, interrupted at step 8: the same run as without interruption.
     An untied 1024 x 72 head is the one matrix above the export's 65,536-element passthrough
     size, so QAT has a weight to put noise on."""
-    extra = dict(num_layers=3, recur_layers=[1], recur_start_step=6, recur_untie_mlp=True,
+    extra = dict(family="pr1204", num_layers=3, recur_layers=[1], recur_start_step=6,
+                 repeat_untie_mlp="full", ve_layers=[2, 3], parallel_start_layer=-1,
                  qat_mode="noisy", qat_start_frac=0.5, qat_bits=6, tie_embeddings=False,
                  model_dim=72)
     ref = main(["--config", str(tiny_config(tmp_path, data_dir, run_name="m1", **extra))],

@@ -164,5 +164,5 @@ def test_default_run_name_has_date_variant_tag_and_seed():
     from datetime import datetime
 
     now = datetime(2025, 3, 4, 5, 6, 7)
-    assert default_run_name("mini+parallel", "", 42, now) == "20250304-050607_mini+parallel_s42"
+    assert default_run_name("pr1204", "", 42, now) == "20250304-050607_pr1204_s42"
     assert default_run_name("unet", "ab c", 1, now) == "20250304-050607_unet_ab-c_s1"

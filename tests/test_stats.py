@@ -13,7 +13,7 @@ from torch import nn
 
 import benchmarks.flops as bench_flops
 from golf_core import flops, stats
-from golf_core.model import GPT, preset
+from golf_core.model import GPT, build_model, preset
 from golf_core.stats import Claim, decide, findings_table, paired_differences
 
 # the brief's worked example: mean -0.005, deviations (+1, -1, 0, +2, -2) x 1e-3
@@ -290,7 +290,8 @@ def test_a_model_with_twice_the_flops_per_token_gets_half_the_steps():
 
 def test_equal_flops_steps_of_real_models_never_exceed_the_reference_budget():
     models = {"flat": GPT(preset("flat", num_layers=2, **TINY)),
-              "looped": GPT(preset("looped-3x3", num_layers=3, loop_core=1, **TINY))}
+              "looped": build_model(preset("pr54", num_unique_layers=2, num_recurrent_passes=3,
+                                           **TINY))}
     steps = flops.equal_flops_steps(models, 300, seq_len=16, tokens_per_step=256)
     assert steps["flat"] == 300
     budget = flops.training_flops(models["flat"], 16, 256, 300)

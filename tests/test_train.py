@@ -99,7 +99,7 @@ def test_precedence_is_set_then_env_then_config_then_scale():
 
 
 def test_scale_sets_the_width_and_a_preset_the_structure():
-    mcfg, _ = resolve(scale="cpu", preset="mini+parallel", environ={})
+    mcfg, _ = resolve(scale="cpu", preset="pr1204", environ={})
     assert mcfg.model_dim == SCALES["cpu"]["model_dim"]
     assert mcfg.num_layers == 11 and mcfg.recur_layers == (4, 5)
     assert mcfg.parallel_start_layer == 7

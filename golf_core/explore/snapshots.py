@@ -70,9 +70,7 @@ def run_source(path: str | Path) -> Source:
     from golf_core.runs import load_run, variant_label
 
     run = load_run(path)
-    cfg = run.model_config
-    kind = variant_label(cfg) if cfg.family == "golf" else cfg.family
-    return Source(Path(path), "run", f"{run.name} ({kind})")
+    return Source(Path(path), "run", f"{run.name} ({variant_label(run.model_config)})")
 
 
 def file_source(path: str | Path) -> Source:

@@ -1,12 +1,12 @@
-"""The model families: our GPT (`family="golf"`) and the four published PR models.
+"""The model families: upstream's baseline GPT (`family="golf"`) and the four published PR models.
 
-`ModelConfig.family` picks the module; `build_model(cfg)` builds its model. Each published
-family lives in one module (golf_core/model/pr54.py, pr325.py, pr363.py, pr1204.py) built from
-the shared layers (golf_core/model/layers.py) and extras (golf_core/model/extras.py), and keeps
-its PR script's state-dict names exactly, so an upstream `final_model.pt` loads with
+`ModelConfig.family` picks the module; `build_model(cfg)` builds its model. Each family lives
+in one module (golf_core/model/gpt.py, pr54.py, pr325.py, pr363.py, pr1204.py) built from the
+shared layers (golf_core/model/layers.py) and extras (golf_core/model/extras.py), and keeps
+its script's state-dict names exactly, so an upstream `final_model.pt` loads with
 `strict=True`. A family module offers:
 
-- `FAMILY` (str), `PR` (int), `SOURCE` (the file name in ../shared/reference/);
+- `FAMILY` (str), `PR` (int; 0 for the baseline), `SOURCE` (its script's file name);
 - `Model(cfg)`: an nn.Module with `forward(input_ids, target_ids=None, *, num_iters=None)`
   (logits (B, T, V), or mean cross-entropy in nats), `forward_hidden(input_ids, *,
   num_iters=None) -> list[Tensor]` (the stream after each virtual layer), `routing_tables() ->
@@ -24,77 +24,66 @@ its PR script's state-dict names exactly, so an upstream `final_model.pt` loads 
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping
 from types import ModuleType
 
 from torch import Tensor, nn
 
 from golf_core.config import ModelConfig
+from golf_core.model import gpt, pr54, pr325, pr363, pr1204
 
 # Detection asks the published families in this order and takes the first whose keys the
 # state dict has: PR #1204's banks before PR #325's SmearGate/BigramHash names (the record
 # has those too), so a flat PR #325 model is still recognised.
-FAMILY_MODULES: dict[str, str] = {
-    "golf": "golf_core.model.gpt",
-    "pr54": "golf_core.model.pr54",
-    "pr1204": "golf_core.model.pr1204",
-    "pr363": "golf_core.model.pr363",
-    "pr325": "golf_core.model.pr325",
+FAMILY_MODULES: dict[str, ModuleType] = {
+    "golf": gpt,
+    "pr54": pr54,
+    "pr1204": pr1204,
+    "pr363": pr363,
+    "pr325": pr325,
 }
 FAMILIES: tuple[str, ...] = tuple(FAMILY_MODULES)
 PUBLISHED: tuple[str, ...] = tuple(f for f in FAMILIES if f != "golf")
+# Not a control tensor of any script's optimizer, but kept float by our export like one: PR
+# #54's iteration embeddings (its own int8 export keeps them as a small fp16 passthrough).
+_EXPORT_FLOAT_EXTRA: tuple[str, ...] = ("iter_embed",)
 
 
 def family_module(name: str) -> ModuleType:
     """The module of family `name`; an unknown name raises ValueError listing the known ones."""
     if name not in FAMILY_MODULES:
         raise ValueError(f"unknown model family {name!r}; choose one of {', '.join(FAMILIES)}")
-    return importlib.import_module(FAMILY_MODULES[name])
-
-
-def available(name: str) -> bool:
-    """Whether family `name`'s module exists in this checkout."""
-    return importlib.util.find_spec(FAMILY_MODULES[name]) is not None
+    return FAMILY_MODULES[name]
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
-    """The model `cfg` describes: our GPT for family "golf", else that PR's model."""
-    if cfg.family == "golf":
-        from golf_core.model.gpt import GPT
-
-        return GPT(cfg)
+    """The model `cfg` describes: the baseline GPT for family "golf", else that PR's model."""
     return family_module(cfg.family).Model(cfg)
 
 
 def detect_family(state_dict: Mapping[str, Tensor]) -> str:
-    """The family whose identifying keys `state_dict` has ("golf" when none does: our GPT and
-    the upstream baseline share names)."""
+    """The family whose identifying keys `state_dict` has ("golf" when none does: the
+    baseline's names are what every family builds on)."""
     names = [k.removeprefix("_orig_mod.") for k in state_dict]
     for fam in PUBLISHED:
-        if not available(fam):
-            continue
-        prefixes = family_module(fam).IDENTIFYING_KEYS
+        prefixes = FAMILY_MODULES[fam].IDENTIFYING_KEYS
         if any(n.startswith(p) for n in names for p in prefixes):
             return fam
     return "golf"
 
 
 def family_presets() -> dict[str, dict]:
-    """Preset name -> overrides over every published family present."""
+    """Preset name -> overrides, over every family (the baseline's first)."""
     out: dict[str, dict] = {}
-    for fam in PUBLISHED:
-        if available(fam):
-            out.update(family_module(fam).PRESETS)
+    for module in FAMILY_MODULES.values():
+        out.update(module.PRESETS)
     return out
 
 
 def control_patterns() -> tuple[str, ...]:
-    """Every family's control-tensor name patterns (ours first)."""
-    from golf_core.model.layers import CONTROL_PATTERNS
-
-    pats = list(CONTROL_PATTERNS)
-    for fam in PUBLISHED:
-        if available(fam):
-            pats += [p for p in family_module(fam).CONTROL_PATTERNS if p not in pats]
-    return tuple(pats)
+    """Every family's control-tensor name patterns (the baseline's first): what the export
+    keeps float whatever the family."""
+    pats: list[str] = []
+    for module in FAMILY_MODULES.values():
+        pats += [p for p in module.CONTROL_PATTERNS if p not in pats]
+    return tuple(pats + [p for p in _EXPORT_FLOAT_EXTRA if p not in pats])

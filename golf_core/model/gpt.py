@@ -1,301 +1,217 @@
-"""Our GPT: the upstream baseline with every depth-recurrence variant of this project as a
-configuration of it (`family="golf"`).
+"""The baseline: upstream parameter-golf's GPT (`family="golf"`, presets `unet` and `flat`).
 
-The baseline path is upstream's exactly (verified against tests/golden/upstream_baseline:
-same state-dict names and shapes, same loss): embedding -> RMSNorm = x0; U-Net encoder half
-pushes, decoder half pops LIFO through `skip_weights`; each block mixes x with x0 through
+What upstream's `train_gpt.py` computes, with its state-dict names and shapes (checked against
+tests/golden/upstream_baseline): embedding -> RMSNorm = x0; the first `L // 2` blocks push their
+output, the rest pop it LIFO through `skip_weights`; each block mixes x with x0 through
 `resid_mix`, then adds scaled attention and relu^2 MLP outputs; tied head; tanh softcap.
+`variant="flat"` drops the U-Net skips (the control every looped model is compared with).
 
-Which block runs at each virtual depth, and with what extras, is a `LayerSchedule`
-(golf_core/schedule.py). These are our own simplified shapes (flat, unet, looped, rqz, mini,
-parallel); the models the PRs published are the families in golf_core/model/pr*.py.
+No layer runs twice here: depth recurrence lives in the published families
+(golf_core/model/pr54.py, pr325.py, pr363.py, pr1204.py). The model offers the same interface
+as they do (golf_core/model/families.py), so training, FLOP counts, routing tables and the
+quantization diagnostics treat it as one more family.
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Mapping
+from dataclasses import replace
 
+import pandas as pd
 import torch
 from torch import Tensor, nn
 
 from golf_core.config import ModelConfig
+from golf_core.model.depth import LayerSchedule
 from golf_core.model.layers import (
-    MLP,
+    CONTROL_PATTERNS,
     Block,
     CastedLinear,
-    Controls,
-    LowRankAdapter,
     RMSNorm,
     fast_rms_norm,
     init_upstream_weights,
     softcapped_head,
     zero_init,
 )
-from golf_core.schedule import (
-    LayerSchedule,
-    VirtualLayer,
-    build_schedule,
-    control_slots,
-    validate_config,
+from golf_core.model.tables import (
+    EMBEDDING_COLUMNS,
+    LANE_COLUMNS,
+    block_controls_row,
+    skip_table,
+    upstream_sizes,
 )
 
-# ----------------------------------------------------------------------------- the model
+FAMILY = "golf"
+PR = 0  # upstream's baseline, no PR
+SOURCE = "train_gpt.py"
+VARIANTS = ("flat", "unet")
+SKIP_INITS = ("ones", "zeros")
+IDENTIFYING_KEYS: tuple[str, ...] = ()  # the baseline is what no published family's keys say
+PRESETS: dict[str, dict] = {
+    # control: upstream's baseline shape with the U-Net skips removed
+    "flat": dict(variant="flat"),
+    # upstream parameter-golf baseline (train_gpt.py defaults)
+    "unet": dict(variant="unet"),
+}
 
-# sqrt(1.1): PR #1204's init of parallel_resid_lambdas (a slight residual amplification)
-PARALLEL_RESID_INIT = math.sqrt(1.1)
+# options of the published families: a baseline config that sets one is a mistake
+_FAMILY_ONLY = ("recur_layers", "recur_start_step", "recur_start_frac")
+
+
+def validate(cfg: ModelConfig) -> None:
+    """Raise ValueError naming the option at fault for a config this model cannot run."""
+    if cfg.variant not in VARIANTS:
+        raise ValueError(f"variant={cfg.variant!r} is not one of {', '.join(VARIANTS)}")
+    for name in ("vocab_size", "num_layers", "model_dim", "num_heads", "num_kv_heads", "mlp_mult"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"{name}={getattr(cfg, name)} must be >= 1")
+    if cfg.model_dim % cfg.num_heads:
+        raise ValueError(f"model_dim={cfg.model_dim} is not divisible by num_heads={cfg.num_heads}")
+    if (cfg.model_dim // cfg.num_heads) % 2:
+        raise ValueError(f"head_dim={cfg.model_dim // cfg.num_heads} must be even for RoPE")
+    if cfg.num_heads % cfg.num_kv_heads:
+        raise ValueError(
+            f"num_heads={cfg.num_heads} is not divisible by num_kv_heads={cfg.num_kv_heads}"
+        )
+    if cfg.logit_softcap <= 0:
+        raise ValueError(f"logit_softcap={cfg.logit_softcap} must be positive")
+    if cfg.skip_init not in SKIP_INITS:
+        raise ValueError(f"skip_init={cfg.skip_init!r} is not one of {', '.join(SKIP_INITS)}")
+    defaults = ModelConfig()
+    for name in (*_FAMILY_ONLY, "parallel_start_layer"):
+        if getattr(cfg, name) != getattr(defaults, name):
+            raise ValueError(f"{name}={getattr(cfg, name)!r} is PR #1204's option; the baseline "
+                             "GPT has no recurrence or lanes (use --preset pr1204)")
 
 
 class GPT(nn.Module):
-    """Upstream GPT; the variant (flat/unet/looped/rqz, mini, parallel) comes from `cfg`.
-
-    forward(input_ids, target_ids=None, *, num_iters=None): softcapped logits (B, T, V), or the
-    mean cross-entropy in nats when `target_ids` is given. `num_iters` applies the rqz shared
-    layer K' times instead of `rqz_k` (test-time depth).
-    """
+    """Upstream's GPT. forward(input_ids, target_ids=None): softcapped logits (B, T, V), or the
+    mean cross-entropy in nats when `target_ids` is given."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        validate_config(cfg)
+        validate(cfg)
         self.cfg = cfg
-        self._recurrence_active = False
-        self._schedules: dict[tuple[bool, int | None], LayerSchedule] = {}
-        full = self.full_schedule
-        d = cfg.model_dim
+        L, d = cfg.num_layers, cfg.model_dim
+        self.num_encoder_layers = L // 2 if cfg.variant == "unet" else 0
+        self.num_decoder_layers = L - L // 2 if cfg.variant == "unet" else 0
+        self.num_skips = min(self.num_encoder_layers, self.num_decoder_layers)
         self.tok_emb = nn.Embedding(cfg.vocab_size, d)
-        if full.num_skips:
+        self.skip_weights = None  # flat: no U-Net skips at all
+        if self.num_skips:
             init = torch.ones if cfg.skip_init == "ones" else torch.zeros
-            self.skip_weights = nn.Parameter(init(full.num_skips, d))
-        else:
-            self.skip_weights = None  # flat: no U-Net skips at all
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
-        self._build_variant_modules(cfg, full)
+            self.skip_weights = nn.Parameter(init(self.num_skips, d))
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(L))
         self.final_norm = RMSNorm()
         self.lm_head = None
         if not cfg.tie_embeddings:
             self.lm_head = zero_init(CastedLinear(d, cfg.vocab_size, bias=False))
-        self._init_weights()
-        self.register_load_state_dict_post_hook(GPT._sync_recurrence_flag)
-
-    def _build_variant_modules(self, cfg: ModelConfig, full: LayerSchedule) -> None:
-        """Tensors only some variants have; each attribute is None (absent) otherwise, so a
-        baseline config keeps upstream's state dict exactly."""
-        d = cfg.model_dim
-        slots = control_slots(cfg)
-        self.virtual_controls = nn.ModuleList(Controls(cfg) for _ in slots) if slots else None
-        self.repeat_mlp = None
-        if cfg.recur_untie_mlp:
-            self.repeat_mlp = nn.ModuleList(MLP(d, cfg.mlp_mult) for _ in cfg.recur_layers)
-        if cfg.recur_layers:
-            # persistent so a resumed run keeps the switch; only mini models have it
-            self.register_buffer("recurrence_flag", torch.zeros((), dtype=torch.bool))
-        self.loop_repeat_embed = None
-        if cfg.variant == "looped" and cfg.loop_repeat_embed:
-            self.loop_repeat_embed = nn.Parameter(torch.zeros(cfg.loop_repeats, d))
-        self.loop_adapters = None
-        if cfg.variant == "looped" and cfg.loop_adapter_rank > 0:
-            count = cfg.loop_repeats * cfg.loop_core
-            adapters = (LowRankAdapter(d, cfg.loop_adapter_rank) for _ in range(count))
-            self.loop_adapters = nn.ModuleList(adapters)
-        self.rqz_iter_embed = None
-        if cfg.variant == "rqz":
-            self.rqz_iter_embed = nn.Parameter(torch.zeros(cfg.rqz_k, d))  # psi_k, zero-init
-        self.parallel_post_lambdas = self.parallel_resid_lambdas = None
-        if full.lanes_from is not None:
-            # indexed by physical block, [num_layers, ...] as in PR #1204 (its log: params=66
-            # for 11 layers); rows of blocks before the lane start stay unused
-            L = cfg.num_layers
-            self.parallel_post_lambdas = nn.Parameter(torch.ones(L, 2, 2))
-            self.parallel_resid_lambdas = nn.Parameter(torch.full((L, 2), PARALLEL_RESID_INIT))
-
-    def _init_weights(self) -> None:
-        init_upstream_weights(self, self.cfg)
-
-    # --- schedules and mini recurrence ---------------------------------------------------
-
-    def schedule_for(self, num_iters: int | None = None) -> LayerSchedule:
-        key = (self._recurrence_active, num_iters)
-        if key not in self._schedules:
-            self._schedules[key] = build_schedule(
-                self.cfg, recurrence_active=self._recurrence_active, num_iters=num_iters
-            )
-        return self._schedules[key]
+        init_upstream_weights(self, cfg)
 
     @property
     def schedule(self) -> LayerSchedule:
-        """The schedule the forward pass runs now (mini: depends on `recurrence_active`)."""
-        return self.schedule_for()
-
-    @property
-    def full_schedule(self) -> LayerSchedule:
-        """The training-time schedule with mini recurrence on: what the parameters serve."""
-        return build_schedule(self.cfg, recurrence_active=True)
-
-    @property
-    def recurrence_active(self) -> bool:
-        return self._recurrence_active
-
-    def activate_recurrence(self) -> None:
-        """Switch mini recurrence on (PR #1204's delayed start). The untied repeat MLPs and the
-        untied controls of the repeated pass start as copies of their base block's, so the
-        function the model computes changes only by the extra depth. Idempotent."""
-        if not self.cfg.recur_layers:
-            raise ValueError("activate_recurrence: recur_layers is empty (mini recurrence is off)")
-        if self._recurrence_active:
-            return
-        with torch.no_grad():
-            for j, p in enumerate(self.cfg.recur_layers):
-                if self.repeat_mlp is not None:
-                    self.repeat_mlp[j].load_state_dict(self.blocks[p].mlp.state_dict())
-            for (p, _cycle), k in control_slots(self.cfg).items():
-                self.virtual_controls[k].copy_from(self.blocks[p])
-            self.recurrence_flag.fill_(True)
-        self._recurrence_active = True
-
-    def _sync_recurrence_flag(self, _incompatible: object) -> None:
-        if self.cfg.recur_layers:
-            self._recurrence_active = bool(self.recurrence_flag.item())
+        """Virtual layer i runs block i, once."""
+        return LayerSchedule.straight(len(self.blocks), self.num_encoder_layers,
+                                      self.num_decoder_layers)
 
     def core_modules(self) -> list[nn.Module]:
-        """Blocks that run more than once (looped core, rqz shared layer, mini repeats) and
-        the untied repeat MLPs: what QAT "core" targets."""
-        mods: list[nn.Module] = [self.blocks[p] for p in self.full_schedule.shared_blocks()]
-        return mods + (list(self.repeat_mlp) if self.repeat_mlp is not None else [])
-
-    def layer_parameters(self, layer: VirtualLayer) -> list[nn.Parameter]:
-        """The parameters one virtual layer uses (for counting unique vs shared)."""
-        block = self.blocks[layer.physical]
-        params = list(block.attn.parameters()) if layer.attn else []
-        mlp = block.mlp if layer.repeat_mlp < 0 else self.repeat_mlp[layer.repeat_mlp]
-        params += list(mlp.parameters())
-        if layer.controls < 0:
-            params += [block.attn_scale, block.mlp_scale, block.resid_mix]
-        else:
-            params += list(self.virtual_controls[layer.controls].parameters())
-            if layer.attn:
-                params.remove(block.attn.q_gain)
-        if layer.adapter >= 0:
-            params += list(self.loop_adapters[layer.adapter].parameters())
-        return params
+        """What runs more than once (QAT "core"): nothing."""
+        return []
 
     # --- forward ---------------------------------------------------------------------------
 
-    def _embedding_row(self, layer: VirtualLayer) -> Tensor | None:
-        if layer.embed < 0:
-            return None
-        table = self.loop_repeat_embed if self.cfg.variant == "looped" else self.rqz_iter_embed
-        return None if table is None else table[layer.embed]
-
-    def _run_layer(self, layer: VirtualLayer, state: Tensor, x0: Tensor) -> Tensor:
-        """One sequential virtual layer, with its embedding, adapter and residual scale."""
-        row = self._embedding_row(layer)
-        if row is not None:
-            state = state + row.to(state.dtype)[None, None, :]
-        ctl = self.virtual_controls[layer.controls] if layer.controls >= 0 else None
-        mlp = self.repeat_mlp[layer.repeat_mlp] if layer.repeat_mlp >= 0 else None
-        out = self.blocks[layer.physical](state, x0, ctl, mlp, layer.attn)
-        if layer.adapter >= 0:
-            out = out + self.loop_adapters[layer.adapter](state)
-        if layer.residual_scale != 1.0:
-            out = state + (out - state) * layer.residual_scale
-        return out
-
-    def _run_lanes(
-        self, layer: VirtualLayer, lanes: tuple[Tensor, Tensor], x0: Tensor
-    ) -> tuple[Tensor, Tensor]:
-        p = layer.physical
-        ctl = self.virtual_controls[layer.controls] if layer.controls >= 0 else None
-        mlp = self.repeat_mlp[layer.repeat_mlp] if layer.repeat_mlp >= 0 else None
-        resid, post = self.parallel_resid_lambdas[p], self.parallel_post_lambdas[p]
-        return self.blocks[p].forward_lanes(lanes, x0, resid, post, ctl, mlp)
-
-    def _readout(self, state: Tensor | tuple[Tensor, Tensor]) -> Tensor:
-        """The residual stream as one tensor; for lanes, per `parallel_final_lane`."""
-        if isinstance(state, Tensor):
-            return state
-        lane = self.cfg.parallel_final_lane
-        if lane == "mean":
-            return 0.5 * (state[0] + state[1])
-        return state[0] if lane == "attn" else state[1]
-
-    def _add_skip(self, state: Tensor | tuple, skip: Tensor | tuple, w: Tensor) -> Tensor | tuple:
-        """x += w * skip; into both lanes once lanes run (a lane-pair skip lane by lane)."""
-        w = w.to(skip[0].dtype if isinstance(skip, tuple) else skip.dtype)[None, None, :]
-        if isinstance(state, Tensor):
-            return torch.addcmul(state, w, skip)
-        s0, s1 = skip if isinstance(skip, tuple) else (skip, skip)
-        return state[0] + w * s0, state[1] + w * s1
-
-    def _backbone(self, input_ids: Tensor, num_iters: int | None, collect: bool) -> list[Tensor]:
-        """Hidden states after each virtual layer if `collect`, else only the last."""
-        sched = self.schedule_for(num_iters)
+    def _backbone(self, input_ids: Tensor, collect: bool) -> list[Tensor]:
+        """Hidden states after each layer if `collect`, else only the last."""
         x = fast_rms_norm(self.tok_emb(input_ids))  # (B, T, D)
-        x0, state = x, x
-        skips: list[Tensor | tuple[Tensor, Tensor]] = []
+        x0 = x
+        skips: list[Tensor] = []
         hidden: list[Tensor] = []
-        for i, layer in enumerate(sched.layers):
-            j = i - sched.decoder_start
-            if 0 <= j < sched.num_skips:
-                state = self._add_skip(state, skips.pop(), self.skip_weights[j])
-            if layer.lanes:
-                lanes = (state, state) if isinstance(state, Tensor) else state
-                state = self._run_lanes(layer, lanes, x0)
-            else:
-                state = self._run_layer(layer, state, x0)
-            if i < sched.num_encoder:
-                skips.append(state)
-            if collect or i == sched.depth - 1:
-                hidden.append(self._readout(state))
+        decoder_start = len(self.blocks) - self.num_decoder_layers
+        for i, block in enumerate(self.blocks):
+            j = i - decoder_start
+            if self.num_decoder_layers and 0 <= j < self.num_skips:
+                w = self.skip_weights[j].to(x.dtype)[None, None, :]
+                x = torch.addcmul(x, w, skips.pop())
+            x = block(x, x0)
+            if i < self.num_encoder_layers:
+                skips.append(x)
+            if collect or i == len(self.blocks) - 1:
+                hidden.append(x)
         return hidden
 
     def forward_hidden(self, input_ids: Tensor, *, num_iters: int | None = None) -> list[Tensor]:
-        """Hidden state (B, T, D) after each virtual layer, before the final norm; for parallel
-        lanes the readout of `parallel_final_lane`. Length = virtual depth."""
-        return self._backbone(input_ids, num_iters, collect=True)
+        """The stream (B, T, D) after each layer, before the final norm (`num_iters`: the
+        families' test-time depth; the baseline has none and must get None)."""
+        _no_iters(num_iters)
+        return self._backbone(input_ids, collect=True)
 
     def forward(
         self, input_ids: Tensor, target_ids: Tensor | None = None, *, num_iters: int | None = None
     ) -> Tensor:
-        x = self._backbone(input_ids, num_iters, collect=False)[-1]
-        x = fast_rms_norm(x)  # = self.final_norm(x)
+        _no_iters(num_iters)
+        x = fast_rms_norm(self._backbone(input_ids, collect=False)[-1])  # = self.final_norm(x)
         return softcapped_head(x, self.tok_emb, self.lm_head, self.cfg.logit_softcap, target_ids)
 
+    # --- accounting ------------------------------------------------------------------------
 
-# ----------------------------------------------------------------------------- accounting
+    def parameter_counts(self) -> dict[str, int]:
+        """Stored parameters; nothing is shared, so unique = unrolled = total."""
+        total = sum(p.numel() for p in self.parameters())
+        return {"total": total, "unique": total, "shared": 0, "unrolled": total,
+                "physical_layers": len(self.blocks), "effective_depth": len(self.blocks)}
+
+    def matmul_params_per_token(self) -> int:
+        """Weights of every matmul per token, plus the LM head (tied or not)."""
+        n = sum(m.weight.numel() for b in self.blocks for m in b.modules()
+                if isinstance(m, nn.Linear))
+        return n + self.cfg.vocab_size * self.cfg.model_dim
+
+    def attention_layers(self) -> int:
+        """Layers that run attention: all of them."""
+        return len(self.blocks)
+
+    # --- routing ---------------------------------------------------------------------------
+
+    def routing_tables(self) -> dict[str, pd.DataFrame]:
+        """`skip_weights`, `resid_mix` (one row per layer), `lanes` and `embeddings` (none),
+        `params`."""
+        weights = self.skip_weights if self.skip_weights is not None else torch.empty(0)
+        rows = [block_controls_row(i, i, 0, b) for i, b in enumerate(self.blocks)]
+        return {
+            "skip_weights": skip_table(weights, self.num_encoder_layers,
+                                       len(self.blocks) - self.num_decoder_layers),
+            "resid_mix": pd.DataFrame(rows),
+            "lanes": pd.DataFrame(columns=list(LANE_COLUMNS)),
+            "embeddings": pd.DataFrame(columns=list(EMBEDDING_COLUMNS)),
+            "params": pd.DataFrame([{"variant": self.cfg.variant, **self.parameter_counts()}]),
+        }
 
 
-def count_parameters(model: GPT) -> dict[str, int]:
-    """Stored parameters split into unique (used by one virtual layer, or outside the layers)
-    and shared (used by several), over the training-time schedule; `unrolled` counts each use,
-    i.e. the size of the equivalent model without sharing; `effective_depth` = virtual depth."""
-    if not isinstance(model, GPT):  # a published family counts its own schedule
-        return model.parameter_counts()
-    sched = model.full_schedule
-    uses: dict[int, int] = {}
-    for layer in sched.layers:
-        for p in layer_params_unique(model, layer):
-            uses[id(p)] = uses.get(id(p), 0) + 1
-    total = unique = shared = unrolled = 0
-    for p in model.parameters():
-        n, k = p.numel(), uses.get(id(p), 1)
-        total += n
-        unrolled += n * k
-        if k > 1:
-            shared += n
-        else:
-            unique += n
-    return {
-        "total": total,
-        "unique": unique,
-        "shared": shared,
-        "unrolled": unrolled,
-        "physical_layers": model.cfg.num_layers,
-        "effective_depth": sched.depth,
-    }
+Model = GPT  # the name every family module gives its model (golf_core/model/families.py)
 
 
-def layer_params_unique(model: GPT, layer: VirtualLayer) -> list[nn.Parameter]:
-    """`model.layer_parameters(layer)` without duplicates (by identity)."""
-    seen: dict[int, nn.Parameter] = {}
-    for p in model.layer_parameters(layer):
-        seen.setdefault(id(p), p)
-    return list(seen.values())
+def _no_iters(num_iters: int | None) -> None:
+    if num_iters is not None:
+        raise ValueError(f"num_iters={num_iters}: the baseline GPT has no recurrent layer")
+
+
+def count_parameters(model: nn.Module) -> dict[str, int]:
+    """Stored parameters split into unique (used once) and shared (run more than once),
+    `unrolled` counting each use, `effective_depth` = virtual depth: any family's model."""
+    return model.parameter_counts()
+
+
+def config_from_state_dict(
+    state_dict: Mapping[str, Tensor], base: ModelConfig | None = None
+) -> ModelConfig:
+    """`base` (default `ModelConfig()`) with the sizes an upstream-baseline state dict fixes
+    (vocab, width, heads, KV heads, MLP multiple, depth, tied head, U-Net skips or flat)."""
+    sd = {k.removeprefix("_orig_mod."): v for k, v in state_dict.items()}
+    sizes = upstream_sizes(sd)
+    return replace(base if base is not None else ModelConfig(), family=FAMILY,
+                   num_layers=sizes.pop("blocks"), **sizes,
+                   variant="unet" if "skip_weights" in sd else "flat")
+
+
+__all__ = ["CONTROL_PATTERNS", "FAMILY", "GPT", "Model", "PRESETS", "config_from_state_dict",
+           "count_parameters", "validate"]

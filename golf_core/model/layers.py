@@ -1,9 +1,9 @@
 """The layers of upstream parameter-golf `train_gpt.py` that every GPT here is built from.
 
-Bottom-up, as nanoGPT reads: RMSNorm, CastedLinear, Rotary, CausalSelfAttention, MLP, Block,
-then the per-virtual-layer controls and low-rank adapters our looped variants add. The
-faithful PR families (golf_core/model/pr*.py) reuse these where their scripts compute the same
-thing and add their own extras beside them.
+Bottom-up, as nanoGPT reads: RMSNorm, CastedLinear, Rotary, CausalSelfAttention, MLP, Block.
+The baseline (golf_core/model/gpt.py) is built from these alone; the PR families
+(golf_core/model/pr*.py) reuse them where their scripts compute the same thing and add their
+own extras beside them.
 """
 
 from __future__ import annotations
@@ -18,8 +18,7 @@ from golf_core.config import ModelConfig
 from golf_core.precision import cpu_attention_fp32
 
 # Name substrings of control tensors: Adam (never Muon), fp32 passthrough in the int8 export.
-# The first nine are upstream's CONTROL_TENSOR_NAME_PATTERNS; the lane lambdas keep PR #1204's
-# names; the rest are ours (repeat/iteration embeddings of looped/rqz).
+# Upstream's CONTROL_TENSOR_NAME_PATTERNS; each family adds its own (families.control_patterns).
 CONTROL_PATTERNS: tuple[str, ...] = (
     "attn_scale",
     "attn_scales",
@@ -30,10 +29,6 @@ CONTROL_PATTERNS: tuple[str, ...] = (
     "q_gain",
     "skip_weight",
     "skip_weights",
-    "parallel_post_lambdas",
-    "parallel_resid_lambdas",
-    "repeat_embed",
-    "iter_embed",
 )
 
 
@@ -296,26 +291,6 @@ class MLP(nn.Module):
         return self.proj(torch.relu(self.fc(x)).square())
 
 
-class Controls(nn.Module):
-    """The control tensors of one use of a block: what `untie_controls` gives each later use
-    of a shared block (same names and inits as the block's own)."""
-
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
-        d = cfg.model_dim
-        self.attn_scale = nn.Parameter(torch.ones(d))
-        self.mlp_scale = nn.Parameter(torch.ones(d))
-        self.resid_mix = nn.Parameter(torch.stack((torch.ones(d), torch.zeros(d))))
-        self.q_gain = nn.Parameter(torch.full((cfg.num_heads,), cfg.qk_gain_init))
-
-    def copy_from(self, block: Block) -> None:
-        with torch.no_grad():
-            self.attn_scale.copy_(block.attn_scale)
-            self.mlp_scale.copy_(block.mlp_scale)
-            self.resid_mix.copy_(block.resid_mix)
-            self.q_gain.copy_(block.attn.q_gain)
-
-
 class Block(nn.Module):
     """Upstream block: x = mix0*x + mix1*x0; x += attn_scale*attn(norm x); x += mlp_scale*mlp."""
 
@@ -330,58 +305,8 @@ class Block(nn.Module):
         self.mlp_scale = nn.Parameter(torch.ones(d))
         self.resid_mix = nn.Parameter(torch.stack((torch.ones(d), torch.zeros(d))))
 
-    def _controls(self, ctl: Controls | None) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-        if ctl is None:
-            return self.attn_scale, self.mlp_scale, self.resid_mix, None
-        return ctl.attn_scale, ctl.mlp_scale, ctl.resid_mix, ctl.q_gain
-
-    def forward(
-        self,
-        x: Tensor,
-        x0: Tensor,
-        ctl: Controls | None = None,
-        mlp: MLP | None = None,
-        attn: bool = True,
-    ) -> Tensor:
-        attn_scale, mlp_scale, mix, q_gain = self._controls(ctl)
-        mix = mix.to(x.dtype)
+    def forward(self, x: Tensor, x0: Tensor) -> Tensor:
+        mix = self.resid_mix.to(x.dtype)
         x = torch.addcmul(mix[1] * x0, mix[0], x)  # mix0*x + mix1*x0, (B, T, D)
-        if attn:
-            x = torch.addcmul(x, attn_scale.to(x.dtype), self.attn(fast_rms_norm(x), q_gain))
-        mlp_out = (mlp or self.mlp)(fast_rms_norm(x))
-        return torch.addcmul(x, mlp_scale.to(x.dtype), mlp_out)
-
-    def forward_lanes(
-        self,
-        lanes: tuple[Tensor, Tensor],
-        x0: Tensor,
-        resid: Tensor,
-        post: Tensor,
-        ctl: Controls | None = None,
-        mlp: MLP | None = None,
-    ) -> tuple[Tensor, Tensor]:
-        """Two-lane parallel residual (PR #1204). Attention reads lane 0, the MLP lane 1; each
-        output is written to both lanes: lane = resid[s]*lane + post[s, lane]*out, s = 0 for
-        attention, 1 for the MLP. resid (2,), post (2, 2)."""
-        attn_scale, mlp_scale, mix, q_gain = self._controls(ctl)
-        lane0, lane1 = lanes
-        mix, resid, post = mix.to(lane0.dtype), resid.to(lane0.dtype), post.to(lane0.dtype)
-        read = mix[0][None, None, :] * lane0 + mix[1][None, None, :] * x0
-        out = attn_scale.to(lane0.dtype)[None, None, :] * self.attn(self.attn_norm(read), q_gain)
-        lane0, lane1 = resid[0] * lane0 + post[0, 0] * out, resid[0] * lane1 + post[0, 1] * out
-        read = mix[0][None, None, :] * lane1 + mix[1][None, None, :] * x0
-        out = mlp_scale.to(lane0.dtype)[None, None, :] * (mlp or self.mlp)(self.mlp_norm(read))
-        return resid[1] * lane0 + post[1, 0] * out, resid[1] * lane1 + post[1, 1] * out
-
-
-class LowRankAdapter(nn.Module):
-    """Per-(repeat, block) low-rank residual branch of a looped core: up(down(norm x)).
-    Up-projection zero-init, so every repeat starts as the shared block."""
-
-    def __init__(self, dim: int, rank: int) -> None:
-        super().__init__()
-        self.down = CastedLinear(dim, rank, bias=False)
-        self.up = zero_init(CastedLinear(rank, dim, bias=False))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.up(self.down(rms_norm(x)))
+        x = torch.addcmul(x, self.attn_scale.to(x.dtype), self.attn(fast_rms_norm(x)))
+        return torch.addcmul(x, self.mlp_scale.to(x.dtype), self.mlp(fast_rms_norm(x)))

@@ -77,6 +77,7 @@ from golf_core.model.layers import (
     softcapped_head,
     zero_init,
 )
+from golf_core.model.tables import LANE_COLUMNS, summary
 
 FAMILY = "pr1204"
 PR = 1204
@@ -97,11 +98,6 @@ CONTROL_PATTERNS: tuple[str, ...] = (
 )  # fmt: skip
 # trained with Adam at the token LR beside tok_emb, as the script does
 TOKEN_PATTERNS: tuple[str, ...] = ("bigram.embed", "ve_shared.embed")
-
-LANE_COLUMNS = (
-    "layer", "physical", "attn_resid", "attn_to_attn", "attn_to_mlp",
-    "mlp_resid", "mlp_to_attn", "mlp_to_mlp",
-)  # fmt: skip
 
 PRESETS: dict[str, dict] = {
     # The record as its logs (seeds 1337, 42; tests/golden/upstream_logs) ran it: 11 x
@@ -585,7 +581,7 @@ class Model(nn.Module):
             used = j < enc
             keep = torch.sigmoid(g) if g is not None else torch.zeros_like(w)
             rows.append({"skip": j, "encoder_layer": enc - 1 - j if used else pd.NA,
-                         "decoder_layer": enc + j if used else pd.NA, **_summary(w),
+                         "decoder_layer": enc + j if used else pd.NA, **summary(w),
                          "gate_mean": keep.mean().item() if g is not None else float("nan"),
                          "skip_coef_mean": ((1 - keep) * w).mean().item()})
         cols = ["skip", "encoder_layer", "decoder_layer", "mean", "abs_mean", "std",
@@ -667,10 +663,6 @@ class Model(nn.Module):
         cols = ["index", "physical", "fc_rel_diff", "proj_rel_diff", "fc_abs_diff",
                 "proj_abs_diff"]
         return pd.DataFrame(rows, columns=cols).astype({c: "float64" for c in cols[2:]})
-
-
-def _summary(t: Tensor) -> dict[str, float]:
-    return {"mean": t.mean().item(), "abs_mean": t.abs().mean().item(), "std": t.std().item()}
 
 
 # ----------------------------------------------------------------------------- state dicts

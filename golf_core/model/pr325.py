@@ -63,6 +63,7 @@ from golf_core.model.extras import (
     xsa,
 )
 from golf_core.model.layers import CastedLinear, causal_attention, rms_norm, zero_init
+from golf_core.model.tables import EMBEDDING_COLUMNS, LANE_COLUMNS, SKIP_COLUMNS, summary
 
 FAMILY = "pr325"
 PR = 325
@@ -497,14 +498,12 @@ class Model(nn.Module):
         has no such tensor), `lanes` (none), `embeddings` (loop_repeat_embed rows), `params`,
         `adapters` (a row per LoopAdapter) and `gates` (SmearGate and local-mix gates through
         their sigmoid, bigram scale, backout lambda); columns as golf_core.analysis."""
-        from golf_core.analysis import LANE_COLUMNS  # lazy: analysis imports the model package
-
         kinds, depth = [s.kind for s in self.schedule.steps], self.schedule.depth
         S, T = kinds.count("stem"), kinds.count("tail")
         skips = pd.DataFrame(
-            [{"skip": j, "encoder_layer": S - 1 - j, "decoder_layer": depth - T + j, **_stats(w)}
+            [{"skip": j, "encoder_layer": S - 1 - j, "decoder_layer": depth - T + j, **summary(w)}
              for j, w in enumerate(_f(self.skip_weights))],
-            columns=["skip", "encoder_layer", "decoder_layer", "mean", "abs_mean", "std"],
+            columns=list(SKIP_COLUMNS),
         ).astype({"encoder_layer": "Int64", "decoder_layer": "Int64"})  # fmt: skip
         table = self.loop_repeat_embed if self.loop_repeat_embed is not None else torch.empty(0)
         embeds = [{"name": "loop_repeat_embed", "index": i, "norm": r.norm().item(),
@@ -512,7 +511,7 @@ class Model(nn.Module):
         C = self.cfg.loop_core_layers
         attn = {s.repeat: s.kind == "core" for s in self.schedule.steps}
         adapters = [{"adapter": i, "repeat": i // C, "block": i % C, "attn": attn[i // C],
-                     **{f"adapter_scale_{k}": x for k, x in _stats(_f(a.adapter_scale)).items()},
+                     **{f"adapter_scale_{k}": x for k, x in summary(_f(a.adapter_scale)).items()},
                      "down_norm": _f(a.down.weight).norm().item(),
                      "up_norm": _f(a.up.weight).norm().item()}
                     for i, a in enumerate(self.loop_adapters)]  # fmt: skip
@@ -521,7 +520,7 @@ class Model(nn.Module):
             "resid_mix": pd.DataFrame([self._layer_row(v, s) for v, s in
                                        enumerate(self.schedule.steps)]),
             "lanes": pd.DataFrame(columns=list(LANE_COLUMNS)),
-            "embeddings": pd.DataFrame(embeds, columns=["name", "index", "norm", "rms"]),
+            "embeddings": pd.DataFrame(embeds, columns=list(EMBEDDING_COLUMNS)),
             "params": pd.DataFrame([{"family": FAMILY, "variant": FAMILY,
                                      **self.parameter_counts()}]),
             "adapters": pd.DataFrame(adapters, columns=[
@@ -564,10 +563,6 @@ class Model(nn.Module):
 
 def _f(t: Tensor) -> Tensor:
     return t.detach().float()
-
-
-def _stats(t: Tensor) -> dict[str, float]:
-    return {"mean": t.mean().item(), "abs_mean": t.abs().mean().item(), "std": t.std().item()}
 
 
 # ----------------------------------------------------------------------------- state dicts

@@ -40,6 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from golf_core.config import ModelConfig
+from golf_core.model.depth import LayerSchedule, VirtualLayer
 from golf_core.model.extras import xsa
 from golf_core.model.layers import (
     MLP,
@@ -53,7 +54,13 @@ from golf_core.model.layers import (
     softcapped_head,
     zero_init,
 )
-from golf_core.schedule import LayerSchedule, VirtualLayer
+from golf_core.model.tables import (
+    EMBEDDING_COLUMNS,
+    LANE_COLUMNS,
+    block_controls_row,
+    skip_table,
+    upstream_sizes,
+)
 
 FAMILY = "pr363"
 PR = 363
@@ -238,14 +245,10 @@ class Model(nn.Module):
 
     @property
     def schedule(self) -> LayerSchedule:
-        """Virtual layer i -> block i % N, cycle i // N, adapter i (golf_core.schedule's form)."""
+        """Virtual layer i -> block i % N, cycle i // N."""
         n = self.cfg.num_unique_blocks
-        layers = tuple(
-            VirtualLayer(physical=p, cycle=i // n, controls=-1, repeat_mlp=-1, embed=-1,
-                         adapter=i if self.cfg.depth_lora_rank > 0 else -1, attn=True,
-                         residual_scale=1.0, lanes=False)
-            for i, p in enumerate(self.block_schedule)
-        )  # fmt: skip
+        layers = tuple(VirtualLayer(physical=p, cycle=i // n)
+                       for i, p in enumerate(self.block_schedule))
         return LayerSchedule(layers, self.num_encoder_layers, self.num_decoder_layers)
 
     def core_modules(self) -> list[nn.Module]:
@@ -321,45 +324,25 @@ class Model(nn.Module):
         """`skip_weights`, `resid_mix` (per virtual layer; a block's controls repeat at each of
         its depths), `lanes` and `embeddings` (none here, empty), `lora` (per depth: Frobenius
         norms of the q/v weight deltas, also relative to the shared c_q / c_v), `params`."""
-        from golf_core.analysis import LANE_COLUMNS  # lazy: analysis imports golf_core.model
-
         with torch.no_grad():
             return {
                 "skip_weights": self._skip_table(),
                 "resid_mix": self._controls_table(),
                 "lanes": pd.DataFrame(columns=list(LANE_COLUMNS)),
-                "embeddings": pd.DataFrame(columns=["name", "index", "norm", "rms"]),
+                "embeddings": pd.DataFrame(columns=list(EMBEDDING_COLUMNS)),
                 "lora": self._lora_table(),
                 "params": pd.DataFrame([{"family": FAMILY, **self.parameter_counts()}]),
             }
 
     def _skip_table(self) -> pd.DataFrame:
-        rows = []
-        for j, w in enumerate(self.skip_weights.detach().float()):
-            rows.append({"skip": j, "encoder_layer": self.num_encoder_layers - 1 - j,
-                         "decoder_layer": self.num_encoder_layers + j, "mean": w.mean().item(),
-                         "abs_mean": w.abs().mean().item(), "std": w.std().item()})  # fmt: skip
-        cols = ["skip", "encoder_layer", "decoder_layer", "mean", "abs_mean", "std"]
-        return pd.DataFrame(rows, columns=cols).astype(
-            {"encoder_layer": "Int64", "decoder_layer": "Int64"}
-        )
+        enc = self.num_encoder_layers
+        return skip_table(self.skip_weights, enc, enc)
 
     def _controls_table(self) -> pd.DataFrame:
-        rows = []
-        for layer, (i, p) in zip(self.schedule.layers, enumerate(self.block_schedule)):
-            blk = self.blocks[p]
-            mix = blk.resid_mix.detach().float()
-            rows.append({
-                "layer": i, "physical": p, "cycle": layer.cycle, "controls": "own",
-                "x_coef_mean": mix[0].mean().item(), "x0_coef_mean": mix[1].mean().item(),
-                "x_coef_abs_mean": mix[0].abs().mean().item(),
-                "x0_coef_abs_mean": mix[1].abs().mean().item(),
-                "attn_scale_abs_mean": blk.attn_scale.detach().abs().mean().item(),
-                "mlp_scale_abs_mean": blk.mlp_scale.detach().abs().mean().item(),
-                "q_gain_mean": blk.attn.q_gain.detach().float().mean().item(),
-                "xsa": blk.attn.use_xsa,
-            })  # fmt: skip
-        return pd.DataFrame(rows)
+        return pd.DataFrame([
+            block_controls_row(i, p, layer.cycle, self.blocks[p],
+                               xsa=self.blocks[p].attn.use_xsa)
+            for layer, (i, p) in zip(self.schedule.layers, enumerate(self.block_schedule))])
 
     def _lora_table(self) -> pd.DataFrame:
         cols = ["layer", "physical", "cycle", "q_delta_norm", "v_delta_norm", "q_delta_rel",
@@ -397,9 +380,8 @@ def config_from_state_dict(
         raise ValueError(
             "pr363: state dict lacks tok_emb.weight / bigram_emb.weight: not a RecurrentGPT"
         )
-    vocab, dim = sd["tok_emb.weight"].shape
-    heads = sd["blocks.0.attn.q_gain"].numel()
-    n_blocks = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
+    sizes = upstream_sizes(sd)
+    n_blocks = sizes.pop("blocks")
     adapters = [int(k.split(".")[1]) for k in sd if k.startswith("depth_adapters.")]
     skips = sd["skip_weights"].shape[0]
     if adapters:
@@ -408,10 +390,7 @@ def config_from_state_dict(
         depth = base.effective_depth if base.effective_depth // 2 == skips else 2 * skips
     buckets, bigram_dim = sd["bigram_emb.weight"].shape
     return dataclasses.replace(
-        base, family=FAMILY, vocab_size=vocab, model_dim=dim, num_heads=heads,
-        num_kv_heads=sd["blocks.0.attn.c_k.weight"].shape[0] // (dim // heads),
-        mlp_mult=sd["blocks.0.mlp.fc.weight"].shape[0] // dim,
-        tie_embeddings="lm_head.weight" not in sd, num_layers=n_blocks,
+        base, family=FAMILY, **sizes, num_layers=n_blocks,
         num_unique_blocks=n_blocks, effective_depth=depth,
         depth_lora_rank=sd["depth_adapters.0.q_down.weight"].shape[0] if adapters else 0,
         bigram_buckets=buckets, bigram_dim=bigram_dim,

@@ -27,8 +27,6 @@ With NUM_UNIQUE_LAYERS or NUM_RECURRENT_PASSES at 0 the script builds the plain 
 baseline (no `iter_embeds`); so does this module.
 
 The blocks, attention, MLP and norms are upstream's and come from golf_core/model/layers.py.
-Our older simplified `rqz` schedule (golf_core/schedule.py) is a different shape: shared
-layer at the U-Net hinge, scaled update, zero-init embeddings.
 """
 
 from __future__ import annotations
@@ -50,6 +48,13 @@ from golf_core.model.layers import (
     rms_norm,
     softcapped_head,
     zero_init,
+)
+from golf_core.model.tables import (
+    EMBEDDING_COLUMNS,
+    LANE_COLUMNS,
+    block_controls_row,
+    skip_table,
+    upstream_sizes,
 )
 
 FAMILY = "pr54"
@@ -76,12 +81,6 @@ PRESETS: dict[str, dict] = {
         num_heads=8, num_kv_heads=4, mlp_mult=2, vocab_size=1024, tie_embeddings=True,
     ),
 }  # fmt: skip
-
-LANE_COLUMNS = (
-    "layer", "physical", "attn_resid", "attn_to_attn", "attn_to_mlp",
-    "mlp_resid", "mlp_to_attn", "mlp_to_mlp",
-)  # fmt: skip
-
 
 def validate(cfg: ModelConfig) -> None:
     """ValueError naming the field where `cfg` is not a model PR #54's script can build."""
@@ -280,37 +279,17 @@ class Model(nn.Module):
 
     def _skip_table(self) -> pd.DataFrame:
         enc = self.num_encoder_layers
-        rows = []
-        for j, w in enumerate(self.skip_weights.detach().float()):
-            rows.append({"skip": j, "encoder_layer": enc - 1 - j, "decoder_layer": enc + j,
-                         **_summary(w)})
-        cols = ["skip", "encoder_layer", "decoder_layer", "mean", "abs_mean", "std"]
-        return pd.DataFrame(rows, columns=cols).astype(
-            {"encoder_layer": "Int64", "decoder_layer": "Int64"}
-        )
+        return skip_table(self.skip_weights, enc, enc)
 
     def _controls_table(self) -> pd.DataFrame:
         sched = self.schedule
         rows = []
         for i, (p, cycle) in enumerate(zip(sched.virtual_to_physical, sched.cycle)):
-            block = self.blocks[p]
-            mix = block.resid_mix.detach().float()
             recurrent = self.use_recurrence and p == len(self.blocks) - 1
-            rows.append({
-                "layer": i,
-                "physical": p,
-                "cycle": cycle,
-                "controls": "own",
-                "x_coef_mean": mix[0].mean().item(),
-                "x0_coef_mean": mix[1].mean().item(),
-                "x_coef_abs_mean": mix[0].abs().mean().item(),
-                "x0_coef_abs_mean": mix[1].abs().mean().item(),
-                "attn_scale_abs_mean": block.attn_scale.detach().abs().mean().item(),
-                "mlp_scale_abs_mean": block.mlp_scale.detach().abs().mean().item(),
-                "q_gain_mean": block.attn.q_gain.detach().float().mean().item(),
-                "output_scale": self.recurrent_scale if recurrent else 1.0,
-                "iter_embed": min(cycle, self.cfg.num_recurrent_passes - 1) if recurrent else -1,
-            })  # fmt: skip
+            rows.append(block_controls_row(
+                i, p, cycle, self.blocks[p],
+                output_scale=self.recurrent_scale if recurrent else 1.0,
+                iter_embed=min(cycle, self.cfg.num_recurrent_passes - 1) if recurrent else -1))
         return pd.DataFrame(rows)
 
     def _embeddings_table(self) -> pd.DataFrame:
@@ -320,11 +299,7 @@ class Model(nn.Module):
             norm = row.norm().item()
             rows.append({"name": "iter_embeds", "index": index, "norm": norm,
                          "rms": norm / row.numel() ** 0.5})
-        return pd.DataFrame(rows, columns=["name", "index", "norm", "rms"])
-
-
-def _summary(t: Tensor) -> dict[str, float]:
-    return {"mean": t.mean().item(), "abs_mean": t.abs().mean().item(), "std": t.std().item()}
+        return pd.DataFrame(rows, columns=list(EMBEDDING_COLUMNS))
 
 
 # ----------------------------------------------------------------------------- state dicts
@@ -342,20 +317,9 @@ def config_from_state_dict(
     (and the init-only qk_gain_init, tied_embed_init_std).
     """
     sd = {k.removeprefix("_orig_mod."): v for k, v in state_dict.items()}  # torch.compile'd
-    if "tok_emb.weight" not in sd or "blocks.0.attn.q_gain" not in sd:
-        raise ValueError("state dict lacks tok_emb.weight / blocks.0.attn.q_gain: not a GPT")
-    vocab, dim = sd["tok_emb.weight"].shape
-    heads = sd["blocks.0.attn.q_gain"].numel()
-    blocks = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
-    sizes: dict[str, object] = dict(
-        family=FAMILY,
-        vocab_size=int(vocab),
-        model_dim=int(dim),
-        num_heads=int(heads),
-        num_kv_heads=int(sd["blocks.0.attn.c_k.weight"].shape[0] // (dim // heads)),
-        mlp_mult=int(sd["blocks.0.mlp.fc.weight"].shape[0] // dim),
-        tie_embeddings="lm_head.weight" not in sd,
-    )
+    sizes = upstream_sizes(sd)
+    blocks = sizes.pop("blocks")
+    sizes["family"] = FAMILY
     if "iter_embeds" in sd:
         sizes.update(num_unique_layers=blocks - 1,
                      num_recurrent_passes=int(sd["iter_embeds"].shape[0]))
