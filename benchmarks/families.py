@@ -38,10 +38,10 @@ import torch.nn.functional as F
 
 from benchmarks.flops import measured_matmul_peak
 from benchmarks.run import RESULTS, _table, _write_json, machine_info
+from golf_core.compile_policy import apply_compile
 from golf_core.flops import flops_per_token
 from golf_core.model import build_model, preset
 from golf_core.runs import machine_slug
-from golf_core.train import apply_compile
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 # family label -> (our preset, the PR's script)

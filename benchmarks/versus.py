@@ -61,12 +61,12 @@ from benchmarks.flops import (
 )
 from benchmarks.run import RESULTS, _sync, _table, _write_json, machine_info
 from golf_core import precision
+from golf_core.compile_policy import apply_compile
 from golf_core.config import ModelConfig, TrainConfig
 from golf_core.distributed import pick_autocast
 from golf_core.model import build_model
 from golf_core.optim import build_optimizers
 from golf_core.runs import machine_slug
-from golf_core.train import apply_compile
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 UPSTREAM_SCRIPT = "upstream_baseline_train_gpt.py"

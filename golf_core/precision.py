@@ -36,6 +36,7 @@ from functools import lru_cache
 
 import torch
 
+from golf_core.compile_policy import AUTO_COMPILE_MIN_STEPS, compile_mode_name
 from golf_core.config import ConfigError, ModelConfig, TrainConfig
 
 # bf16 must be at least this much faster to be picked: a near tie goes to fp32, which is
@@ -70,9 +71,7 @@ MAX_PROBE_TOKENS = 8192
 
 def _compiles_on_cpu(tcfg: TrainConfig) -> bool:
     """Whether golf_core.train compiles this run's blocks (or model) on CPU: compile
-    blocks/model, or auto with a run long enough (train.resolve_compile)."""
-    from golf_core.train import AUTO_COMPILE_MIN_STEPS, compile_mode_name
-
+    blocks/model, or auto with a run long enough (compile_policy.resolve_compile)."""
     mode = compile_mode_name(tcfg.compile)
     return mode in ("blocks", "model") or (
         mode == "auto" and tcfg.iterations >= AUTO_COMPILE_MIN_STEPS)

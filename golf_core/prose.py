@@ -20,7 +20,7 @@ import torch
 from golf_core import config, experiments
 from golf_core.experiments import RunSpec
 from golf_core.model import build_model, pr325
-from golf_core.train import recurrence_start
+from golf_core.trainer import recurrence_start
 
 # PR #1204's seed-1337 log (tests/golden/upstream_logs): recurrence on at step 3000, the run
 # stopped by its 600 s cap at step 6,242; the matrix's recur_start_frac 0.48 is their ratio
@@ -192,7 +192,7 @@ def lanes_setup(scale: str, specs: Sequence[RunSpec] | None = None) -> str:
         f"recurrence on at that step of the {_n(RECORD_STEPS)} steps its 600 s cap allowed. The "
         f"run matrix entry `pr1204` sets recur_start_frac={frac:g}, their ratio, so the switch "
         "comes at the same fraction of our runs (a fraction wins over the step: "
-        "`golf_core.train.recurrence_start`)."
+        "`golf_core.trainer.recurrence_start`)."
     )]
     return "\n".join(lines)
 

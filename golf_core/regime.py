@@ -156,7 +156,7 @@ def model_facts(preset_name: str, sets: dict) -> dict[str, float]:
 
 def run_flops(facts: dict[str, float], iterations: int, start_frac: float = 0.0) -> float:
     """Training FLOPs of `iterations` steps: before the switch (round(start_frac * it), as
-    train.recurrence_start) at the loop-off cost, after it at the loop-on cost."""
+    trainer.recurrence_start) at the loop-off cost, after it at the loop-on cost."""
     start = round(start_frac * iterations) if start_frac > 0 else 0
     return BATCH_TOKENS * (start * facts["fpt_off"] + (iterations - start) * facts["fpt_on"])
 

@@ -10,6 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from golf_core.compile_policy import (
+    AUTO_COMPILE_MIN_STEPS,
+    _compile_as_text,
+    compile_mode_name,
+    resolve_compile,
+)
 from golf_core.config import ModelConfig, TrainConfig
 from golf_core.model import GPT, CausalSelfAttention, apply_rotary_emb, rms_norm
 from golf_core.model.layers import (
@@ -18,12 +24,6 @@ from golf_core.model.layers import (
     apply_rotary_full,
     fast_rms_norm,
     softcap_cross_entropy,
-)
-from golf_core.train import (
-    AUTO_COMPILE_MIN_STEPS,
-    _compile_as_text,
-    compile_mode_name,
-    resolve_compile,
 )
 
 CFG = ModelConfig(vocab_size=64, num_layers=4, model_dim=32, num_heads=4, num_kv_heads=2)

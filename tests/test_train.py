@@ -19,9 +19,11 @@ import pytest
 import torch
 
 from golf_core.config import SCALES, ConfigError, resolve
+from golf_core.distributed import plan_batches
 from golf_core.quant import read_artifact_object
 from golf_core.runs import load_run, parse_upstream_log, read_metrics
-from golf_core.train import TrainingError, cli, main, plan_batches
+from golf_core.train import cli, main
+from golf_core.trainer import TrainingError
 
 # A model that trains 20 steps in about a second on 2 cores; vocab 1024 = the tokenizer's.
 # One warmup step (upstream's discarded priming steps) so every run exercises the restore.

@@ -175,7 +175,7 @@ def load_snapshot(source: Source, step: int = FINAL, *, family: str = "auto",
 
 
 def _initial_model(cfg: Any, seed: int) -> torch.nn.Module:
-    """The model as train.py builds it before step 1 (seeded as the run was), in eval mode;
+    """The model as trainer.py builds it before step 1 (seeded as the run was), in eval mode;
     the caller's RNG state is left as it was."""
     from golf_core.model import build_model
 

@@ -49,6 +49,7 @@ CODE_FILES = (
     "quant/__init__.py", "quant/upstream.py", "quant/codec.py", "quant/container.py",
     "quant/qat.py", "quant/diagnostics.py", "quant/pr363.py", "quant/pr1204.py",
     "data.py", "evaluate.py", "train.py", "runs.py", "checkpoint.py", "distributed.py",
+    "compile_policy.py", "data_checks.py", "trainer.py", "finalize.py", "run_start.py",
     "analysis.py", "flops.py",
 )  # fmt: skip
 TENSOR_GROUPS = ("embedding", "attention", "mlp", "controls", "other")
