@@ -64,7 +64,7 @@ from golf_core import precision
 from golf_core.compile_policy import apply_compile
 from golf_core.config import ModelConfig, TrainConfig
 from golf_core.distributed import pick_autocast
-from golf_core.model import build_model
+from golf_core.model import build_model, layers
 from golf_core.optim import build_optimizers
 from golf_core.runs import machine_slug
 
@@ -118,7 +118,7 @@ class Case:
         t0 = time.perf_counter()
         cast = (torch.autocast(device.type, dtype=self.dtype) if self.dtype is not None
                 else contextlib.nullcontext())
-        with cast, precision.attention_fp32(self.attention_fp32):
+        with cast, layers.attention_fp32(self.attention_fp32):
             loss = self.model(self.x, self.y)
         loss.backward()
         for opt in self.optimizers:
@@ -136,7 +136,7 @@ def ours(cfg: ModelConfig, tcfg: TrainConfig, x, y) -> Case:
     shape = precision.ProbeShape.of(cfg, tcfg, x.numel())
     dtype, why = pick_autocast(x.device, tcfg.autocast, shape)
     return Case("ours", model, build_optimizers(model, tcfg), dtype, x, y,
-                attention_fp32=precision.cpu_attention_fp32(), why=why)
+                attention_fp32=layers.cpu_attention_fp32(), why=why)
 
 
 def upstream_case(up: ModuleType, cfg: ModelConfig, tcfg: TrainConfig, dtype, x, y) -> Case:

@@ -28,11 +28,16 @@ from torch import Tensor, nn
 from golf_core.config import TrainConfig
 from golf_core.model import CONTROL_PATTERNS
 from golf_core.model.families import family_module
+from golf_core.newton_schulz import NS_COEFFS, newton_schulz5, newton_schulz5_batched
+
+# newton_schulz5 and NS_COEFFS are part of this module's API (Muon's orthogonalization)
+__all__ = ["GROUPS", "NS_COEFFS", "Muon", "apply_schedule", "build_optimizers",
+           "group_parameters", "is_muon_matrix", "lr_multiplier", "muon_momentum_at",
+           "newton_schulz5", "newton_schulz5_batched"]
 from golf_core.precision import ProbeShape, pick_ns_dtype
 
 # Quintic Newton–Schulz coefficients from modded-nanogpt: chosen to push singular values into
 # roughly [0.7, 1.2] in 5 steps (steepest slope at 0) rather than to converge exactly to 1.
-NS_COEFFS = (3.4445, -4.7750, 2.0315)
 
 TOKEN_EMBEDDING = "tok_emb.weight"
 GROUPS = ("token", "head", "matrix", "scalar")
@@ -41,56 +46,6 @@ LM_HEAD = "lm_head.weight"
 
 
 # ----------------------------------------------------------------------------- Muon
-
-
-def newton_schulz5(
-    G: Tensor, steps: int = 5, eps: float = 1e-7, dtype: torch.dtype = torch.bfloat16
-) -> Tensor:
-    """Approximately orthogonalize a 2-D matrix (the nearest semi-orthogonal U V^T), in bf16
-    (upstream) or, with `dtype=torch.float32`, in fp32 (golf_core.precision picks it where
-    bf16 matmuls are slow).
-
-    Upstream `zeropower_via_newtonschulz5`: normalize by the Frobenius norm (+eps so a zero
-    gradient stays zero), work on the wide orientation so X @ X.T is the small Gram matrix,
-    iterate X <- a X + (b A + c A^2) X with A = X X^T. Returns a `dtype` tensor shaped like G.
-    """
-    if G.ndim != 2:
-        raise ValueError(f"newton_schulz5: expected a 2-D matrix, got shape {tuple(G.shape)}")
-    transposed = G.size(0) > G.size(1)
-    X = _newton_schulz_wide((G.T if transposed else G).to(dtype)[None], steps, eps)[0]
-    return X.T if transposed else X
-
-
-def newton_schulz5_batched(
-    Gs: list[Tensor], steps: int = 5, eps: float = 1e-7, dtype: torch.dtype = torch.bfloat16
-) -> list[Tensor]:
-    """`newton_schulz5` of each matrix, the same-shape ones (up to transposition) stacked and
-    iterated as one batch of matmuls: bit-identical to the one-at-a-time loop here (same ops in
-    the same order, per-matrix norms), and on a CPU or GPU a few large matmuls instead of many
-    small ones (benchmarks/results/optimizations.md has the measurement)."""
-    buckets: dict[tuple[int, int], list[int]] = {}
-    for i, G in enumerate(Gs):
-        if G.ndim != 2:
-            raise ValueError(f"newton_schulz5: expected a 2-D matrix, got shape {tuple(G.shape)}")
-        buckets.setdefault((min(G.shape), max(G.shape)), []).append(i)
-    out: list[Tensor] = [torch.empty(0)] * len(Gs)
-    for idx in buckets.values():
-        wide = [Gs[i].T if Gs[i].size(0) > Gs[i].size(1) else Gs[i] for i in idx]
-        X = _newton_schulz_wide(torch.stack(wide).to(dtype), steps, eps)  # (N, rows, cols)
-        for j, i in enumerate(idx):
-            out[i] = X[j].T if Gs[i].size(0) > Gs[i].size(1) else X[j]
-    return out
-
-
-def _newton_schulz_wide(X: Tensor, steps: int, eps: float) -> Tensor:
-    """The iteration on a (N, rows, cols) batch with rows <= cols, in the batch's dtype."""
-    a, b, c = NS_COEFFS
-    X = X / (X.norm(dim=(-2, -1), keepdim=True) + eps)  # per-matrix Frobenius norm
-    for _ in range(steps):
-        A = X @ X.mT  # (N, rows, rows): the small Gram matrix
-        B = b * A + c * A @ A  # upstream's op order, so the bf16 roundings match it exactly
-        X = a * X + B @ X
-    return X
 
 
 class Muon(torch.optim.Optimizer):

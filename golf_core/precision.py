@@ -38,6 +38,13 @@ import torch
 
 from golf_core.compile_policy import AUTO_COMPILE_MIN_STEPS, compile_mode_name
 from golf_core.config import ConfigError, ModelConfig, TrainConfig
+from golf_core.model.layers import (
+    Block,
+    attention_fp32,
+    cpu_attention_fp32,
+    set_cpu_attention_fp32,
+)
+from golf_core.newton_schulz import newton_schulz5_batched
 
 # bf16 must be at least this much faster to be picked: a near tie goes to fp32, which is
 # exact, casts nothing and is what the tests compare against.
@@ -77,26 +84,6 @@ def _compiles_on_cpu(tcfg: TrainConfig) -> bool:
         mode == "auto" and tcfg.iterations >= AUTO_COMPILE_MIN_STEPS)
 
 
-# Where the bf16 CPU attention kernel is the slower one (the attention probe), attention under
-# CPU autocast computes in fp32. A module global (one process trains one run; dynamo guards
-# on it, so a compiled block recompiles if it flips), set by `pick_autocast`.
-_CPU_ATTENTION_FP32 = False
-
-
-def cpu_attention_fp32() -> bool:
-    """Whether attention under CPU autocast runs in fp32 (see `pick_autocast`)."""
-    return _CPU_ATTENTION_FP32
-
-
-@contextlib.contextmanager
-def attention_fp32(enabled: bool):
-    """`cpu_attention_fp32()` is `enabled` inside the block (the probes; tests)."""
-    global _CPU_ATTENTION_FP32
-    before, _CPU_ATTENTION_FP32 = _CPU_ATTENTION_FP32, enabled
-    try:
-        yield
-    finally:
-        _CPU_ATTENTION_FP32 = before
 
 
 # What each kind of probe times (the kinds `adopt` and env.json's `precision_probes` use).
@@ -183,8 +170,6 @@ def _attention_probe(shape: ProbeShape, threads: int) -> Probe:
 
 @lru_cache(maxsize=16)
 def _block_probe(shape: ProbeShape, threads: int, attention_in_fp32: bool) -> Probe:
-    from golf_core.model.layers import Block
-
     cfg = ModelConfig(model_dim=shape.model_dim, num_heads=shape.num_heads,
                       num_kv_heads=shape.num_kv_heads, mlp_mult=shape.mlp_mult)
     gen = torch.Generator().manual_seed(0)
@@ -216,8 +201,6 @@ def _block_probe(shape: ProbeShape, threads: int, attention_in_fp32: bool) -> Pr
 
 @lru_cache(maxsize=16)
 def _ns_probe(shape: ProbeShape, threads: int) -> Probe:
-    from golf_core.optim import newton_schulz5_batched
-
     d, kv = shape.model_dim, shape.num_kv_heads * (shape.model_dim // shape.num_heads)
     gen = torch.Generator().manual_seed(0)
     mats = [torch.randn(r, c, generator=gen)
@@ -289,10 +272,9 @@ def pick_autocast(device: torch.device, preference: str, shape: ProbeShape | Non
     where the attention probe measured the bf16 kernel no faster. Sets `cpu_attention_fp32`
     for this process accordingly (False for every other choice: autocast=bf16 is upstream's
     all-bf16 autocast)."""
-    global _CPU_ATTENTION_FP32
     if preference not in AUTOCAST_CHOICES:
         raise ConfigError(f"autocast: {preference!r} is not one of {', '.join(AUTOCAST_CHOICES)}")
-    _CPU_ATTENTION_FP32 = False
+    set_cpu_attention_fp32(False)
     if preference == "none":
         return None, "autocast=none requested: fp32"
     if preference == "bf16":
@@ -303,9 +285,9 @@ def pick_autocast(device: torch.device, preference: str, shape: ProbeShape | Non
     a, p = attention_probe(shape), autocast_probe(shape)
     if not p.bf16_faster:
         return None, f"auto on CPU: fp32 ({p.describe()}; {a.describe()})"
-    _CPU_ATTENTION_FP32 = not a.bf16_faster
+    set_cpu_attention_fp32(not a.bf16_faster)
     return torch.bfloat16, (f"auto on CPU: bf16 autocast, attention in "
-                            f"{'fp32' if _CPU_ATTENTION_FP32 else 'bf16'} ({p.describe()}; "
+                            f"{'fp32' if cpu_attention_fp32() else 'bf16'} ({p.describe()}; "
                             f"{a.describe()})")
 
 

@@ -142,7 +142,7 @@ def test_config_read_off_the_state_dict_builds_a_model_that_loads_it_strictly(fi
 
 def test_int6_artifact_roundtrip_reproduces_the_scripts_loss(fixture):
     folder, exp, state, batch = fixture
-    sd = pr1204.read_artifact(folder / "model.int6.ptz")
+    sd = read_int6_artifact(folder / "model.int6.ptz")
     assert set(sd) == set(state) and all(t.dtype == torch.float32 for t in sd.values())
     assert torch.equal(sd["qo_bank"][0], torch.zeros(64, 64))  # block 0's attention: dropped
     model = _loaded(exp, sd)
@@ -200,7 +200,7 @@ def test_other_formats_are_not_this_one(fixture, tmp_path):
     (tmp_path / "text").write_bytes(b"hello")
     for path in (folder / "state_dict.pt", tmp_path / "z.ptz", tmp_path / "empty",
                  tmp_path / "text"):
-        assert pr1204.read_artifact(path) is None, path
+        assert read_int6_artifact(path) is None, path
 
 
 @pytest.mark.parametrize("damage", ["truncated", "trailing", "not_torch", "not_w_m"])
@@ -216,7 +216,7 @@ def test_a_broken_artifact_is_a_value_error_naming_the_file(fixture, tmp_path, d
     else:
         _write(path, {"w": {}})
     with pytest.raises(ValueError, match="final_model.int6.ptz"):
-        pr1204.read_artifact(path)
+        read_int6_artifact(path)
 
 
 # ----------------------------------------------------------------------------- the preset

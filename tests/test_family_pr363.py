@@ -17,6 +17,7 @@ from golf_core.model import detect_family, pr363
 from golf_core.model.families import build_model
 from golf_core.model.presets import preset
 from golf_core.optim import build_optimizers, group_parameters
+from golf_core.quant.pr363 import read_artifact as read_pr363_artifact
 from golf_core.quant.upstream import quantize_state_dict_int8
 
 NAME = "upstream_pr363"
@@ -101,7 +102,7 @@ def test_config_from_state_dict_needs_only_what_no_shape_shows(fixture):
 
 def test_artifact_roundtrip_reproduces_the_scripts_loss(fixture):
     model, state, batch, exp, folder = fixture
-    deq = pr363.read_artifact(folder / "model.int8.ptz")
+    deq = read_pr363_artifact(folder / "model.int8.ptz")
     assert set(deq) == set(state) and all(deq[k].dtype == state[k].dtype for k in state)
     qmodel = build_model(model.cfg)
     qmodel.load_state_dict(deq, strict=True)
@@ -115,7 +116,7 @@ def test_a_zstd_tagged_artifact_reads_like_the_zlib_one(fixture, tmp_path):
     raw = zlib.decompress(data[4:])
     path = tmp_path / "model.zstd.ptz"
     path.write_bytes(b"ZSTD" + zstandard.ZstdCompressor(level=3).compress(raw))
-    a, b = pr363.read_artifact(folder / "model.int8.ptz"), pr363.read_artifact(path)
+    a, b = read_pr363_artifact(folder / "model.int8.ptz"), read_pr363_artifact(path)
     assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -127,7 +128,7 @@ def test_a_quantized_matrix_dequantizes_per_row_as_the_script_does(tmp_path):
     torch.save(obj, buf)
     path = tmp_path / "final_model_submission.ptz"
     path.write_bytes(b"ZSTD" + zstandard.ZstdCompressor(level=3).compress(buf.getvalue()))
-    deq = pr363.read_artifact(path)
+    deq = read_pr363_artifact(path)
     q, s = obj["quantized"]["blocks.0.mlp.fc.weight"], obj["scales"]["blocks.0.mlp.fc.weight"]
     assert torch.equal(deq["blocks.0.mlp.fc.weight"], q.float() * s.float()[:, None])
     assert torch.equal(deq["v"], state["v"])
@@ -136,7 +137,7 @@ def test_a_quantized_matrix_dequantizes_per_row_as_the_script_does(tmp_path):
 def test_a_file_without_the_tag_is_not_this_format(tmp_path):
     path = tmp_path / "upstream.int8.ptz"
     path.write_bytes(zlib.compress(b"upstream writes no tag"))
-    assert pr363.read_artifact(path) is None
+    assert read_pr363_artifact(path) is None
 
 
 @pytest.mark.parametrize("tag", ["ZLIB", "ZSTD"])
@@ -146,7 +147,7 @@ def test_a_truncated_artifact_is_a_one_line_error_naming_the_file(fixture, tmp_p
     path = tmp_path / "cut.ptz"
     path.write_bytes(tag.encode() + body[: len(body) // 2])
     with pytest.raises(ValueError, match="truncated or corrupt") as err:
-        pr363.read_artifact(path)
+        read_pr363_artifact(path)
     assert str(path) in str(err.value) and "\n" not in str(err.value)
 
 

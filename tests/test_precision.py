@@ -11,6 +11,7 @@ import torch
 from golf_core import precision
 from golf_core.config import ConfigError
 from golf_core.distributed import pick_autocast
+from golf_core.model import layers
 from golf_core.optim import Muon, newton_schulz5
 
 CPU = torch.device("cpu")
@@ -45,16 +46,16 @@ def test_auto_picks_bf16_only_where_the_probe_measured_it_faster(measured):
 def test_attention_runs_in_fp32_under_autocast_where_its_bf16_kernel_measured_slower(measured):
     measured(fp32_ms=1.0, bf16_ms=0.5, attention=(1.0, 2.5))  # AMX matmuls, slow bf16 attention
     dtype, why = pick_autocast(CPU, "auto")
-    assert dtype is torch.bfloat16 and precision.cpu_attention_fp32()
+    assert dtype is torch.bfloat16 and layers.cpu_attention_fp32()
     assert "attention in fp32" in why and "fp32 1.00 ms, bf16 2.50 ms" in why
     measured(fp32_ms=1.0, bf16_ms=0.5, attention=(1.0, 0.5))  # bf16 attention faster too
-    assert pick_autocast(CPU, "auto")[0] is torch.bfloat16 and not precision.cpu_attention_fp32()
+    assert pick_autocast(CPU, "auto")[0] is torch.bfloat16 and not layers.cpu_attention_fp32()
     measured(fp32_ms=1.0, bf16_ms=0.5, attention=(1.0, 2.5))
     pick_autocast(CPU, "auto")
     assert pick_autocast(CPU, "bf16")[0] is torch.bfloat16  # upstream's all-bf16 autocast
-    assert not precision.cpu_attention_fp32()
+    assert not layers.cpu_attention_fp32()
     measured(fp32_ms=1.0, bf16_ms=1.0, attention=(1.0, 2.5))  # fp32 run: no autocast to split
-    assert pick_autocast(CPU, "auto")[0] is None and not precision.cpu_attention_fp32()
+    assert pick_autocast(CPU, "auto")[0] is None and not layers.cpu_attention_fp32()
 
 
 def test_causal_attention_in_fp32_is_the_fp32_kernel_on_the_same_inputs():
@@ -65,13 +66,13 @@ def test_causal_attention_in_fp32_is_the_fp32_kernel_on_the_same_inputs():
     want = torch.nn.functional.scaled_dot_product_attention(
         q.float(), k.float(), v.float(), is_causal=True, enable_gqa=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        with precision.attention_fp32(True):
+        with layers.attention_fp32(True):
             y = causal_attention(q, k, v)
         plain = causal_attention(q, k, v)  # the bf16 kernel
     assert y.dtype is torch.bfloat16 and torch.equal(y, want.bfloat16())
     assert plain.dtype is torch.bfloat16
     # without autocast the flag changes nothing: fp32 in, the plain call
-    with precision.attention_fp32(True):
+    with layers.attention_fp32(True):
         assert torch.equal(causal_attention(q.float(), k.float(), v.float()), want)
 
 
@@ -84,7 +85,7 @@ def test_every_family_trains_under_autocast_with_fp32_attention(name):
     torch.manual_seed(0)
     model = build_model(cfg)
     x = torch.randint(0, 64, (2, 16))
-    with torch.autocast("cpu", dtype=torch.bfloat16), precision.attention_fp32(True):
+    with torch.autocast("cpu", dtype=torch.bfloat16), layers.attention_fp32(True):
         loss = model(x, x)
     loss.backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]

@@ -8,6 +8,7 @@ own extras beside them.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import torch
@@ -15,7 +16,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from golf_core.config import ModelConfig
-from golf_core.precision import cpu_attention_fp32
 
 # Name substrings of control tensors: Adam (never Muon), fp32 passthrough in the int8 export.
 # Upstream's CONTROL_TENSOR_NAME_PATTERNS; each family adds its own (families.control_patterns).
@@ -30,6 +30,34 @@ CONTROL_PATTERNS: tuple[str, ...] = (
     "skip_weight",
     "skip_weights",
 )
+
+
+# Where the bf16 CPU attention kernel is the slower one (golf_core.precision's attention
+# probe), attention under CPU autocast computes in fp32. A module global (one process trains
+# one run; dynamo guards on it, so a compiled block recompiles if it flips), set by
+# `golf_core.precision.pick_autocast`.
+_CPU_ATTENTION_FP32 = False
+
+
+def cpu_attention_fp32() -> bool:
+    """Whether attention under CPU autocast runs in fp32 (see precision.pick_autocast)."""
+    return _CPU_ATTENTION_FP32
+
+
+def set_cpu_attention_fp32(enabled: bool) -> None:
+    global _CPU_ATTENTION_FP32
+    _CPU_ATTENTION_FP32 = bool(enabled)
+
+
+@contextlib.contextmanager
+def attention_fp32(enabled: bool):
+    """`cpu_attention_fp32()` is `enabled` inside the block (the probes; tests)."""
+    before = _CPU_ATTENTION_FP32
+    set_cpu_attention_fp32(enabled)
+    try:
+        yield
+    finally:
+        set_cpu_attention_fp32(before)
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -234,8 +262,8 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """Causal GQA `F.scaled_dot_product_attention` over (B, heads, T, Dh) q and (B, kv_heads,
     T, Dh) k, v, as every family's attention calls it. Under CPU autocast it runs in fp32
     where `golf_core.precision` measured the bf16 CPU kernel slower on this machine
-    (`precision.cpu_attention_fp32`); the result comes back in q's dtype, so what follows
-    sees the same types either way. Elsewhere (fp32, CUDA) it is the plain call."""
+    (`cpu_attention_fp32`); the result comes back in q's dtype, so what follows sees the same
+    types either way. Elsewhere (fp32, CUDA) it is the plain call."""
     gqa = k.size(1) != q.size(1)
     if cpu_attention_fp32() and q.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
         with torch.autocast("cpu", enabled=False):

@@ -51,7 +51,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import replace
-from pathlib import Path
 
 import pandas as pd
 import torch
@@ -723,11 +722,3 @@ def config_from_state_dict(
     sizes["repeat_untie_mlp"] = ("full" if fc else "down") if slots else "none"
     sizes["repeat_untie_mlp_layers"] = tuple(recur[j] for j in slots)
     return replace(base, **sizes)
-
-
-def read_artifact(path: str | Path) -> dict[str, Tensor] | None:
-    """The dequantized, re-banked state dict of the script's `final_model.int6.ptz`, or None
-    when `path` is in another format (golf_core/quant/pr1204.py)."""
-    from golf_core.quant.pr1204 import read_int6_artifact  # lazy: quant imports the models
-
-    return read_int6_artifact(path)

@@ -40,12 +40,9 @@ The script's MLP_MULT is a float; ModelConfig.mlp_mult (int) holds the published
 
 from __future__ import annotations
 
-import io
 import math
-import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import pandas as pd
 import torch
@@ -80,7 +77,6 @@ CONTROL_PATTERNS: tuple[str, ...] = (
 )  # fmt: skip
 # trained with Adam at the token LR beside tok_emb, as the script does
 TOKEN_PATTERNS: tuple[str, ...] = ("bigram.embed",)
-_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 _RECORD = dict(
     family=FAMILY, num_layers=6, model_dim=640, num_heads=10, num_kv_heads=5, mlp_mult=3,
@@ -627,35 +623,3 @@ def config_from_state_dict(
     if "backout_lambda" in sd and base.backout_layer == 0:
         raise ValueError("state dict has backout_lambda: pass BACKOUT_LAYER in `base`")
     return replace(base, **sizes)
-
-
-# ----------------------------------------------------------------------------- artifact
-
-
-def read_artifact(path: str | Path) -> dict[str, Tensor] | None:
-    """The dequantized (float32) state dict of the script's `final_model.int6.ptz`: zstd (zlib
-    where zstandard was missing) of torch.save({"w": tensors, "m": meta}); None for any other
-    format. meta[name] is "passthrough"/"passthrough_ctrl" (stored as is, small floats fp16)
-    or {"type": "int6"|"int8"}: int8 codes `name.q` times `name.scale` (per row if a vector)."""
-    blob = Path(path).read_bytes()
-    try:
-        if blob[:4] == _ZSTD_MAGIC:
-            import zstandard
-
-            raw = zstandard.ZstdDecompressor().decompress(blob)
-        else:
-            raw = zlib.decompress(blob)
-        obj = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
-    except Exception:  # not compressed the script's way, or no torch.save inside
-        return None
-    if not isinstance(obj, dict) or set(obj) != {"w", "m"}:
-        return None
-    out: dict[str, Tensor] = {}
-    for name, info in obj["m"].items():
-        if isinstance(info, str):  # passthrough
-            t = obj["w"][name]
-            out[name] = t.float() if t.is_floating_point() else t
-        else:
-            q, s = obj["w"][name + ".q"].float(), obj["w"][name + ".scale"].float()
-            out[name] = q * (s.view(-1, *([1] * (q.ndim - 1))) if s.ndim else s)
-    return out

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from pathlib import Path
 
 import pandas as pd
 import torch
@@ -395,11 +394,3 @@ def config_from_state_dict(
         depth_lora_rank=sd["depth_adapters.0.q_down.weight"].shape[0] if adapters else 0,
         bigram_buckets=buckets, bigram_dim=bigram_dim,
     )  # fmt: skip
-
-
-def read_artifact(path: str | Path) -> dict[str, Tensor] | None:
-    """The dequantized state dict of PR #363's artifact (`ZLIB`/`ZSTD` tag + int8 dict), None
-    when `path` is not one; see golf_core/quant/pr363.py."""
-    from golf_core.quant.pr363 import read_artifact as read  # lazy: quant imports the model
-
-    return read(path)

@@ -27,6 +27,7 @@ import brotli
 import torch
 from torch import Tensor
 
+from golf_core.quant import pr325, pr363, pr1204
 from golf_core.quant.codec import (
     GOLF_VERSION,
     QuantPolicy,
@@ -35,6 +36,14 @@ from golf_core.quant.codec import (
     quantize_state_dict,
 )
 from golf_core.quant.upstream import FLOAT_DTYPES, atomic_write, dtype_name
+
+# The published families' own artifact formats, asked in this order when a file is neither our
+# container nor an upstream zlib .ptz; each reader returns None for a file not in its format.
+FAMILY_READERS = {
+    "pr1204": pr1204.read_int6_artifact,
+    "pr363": pr363.read_artifact,
+    "pr325": pr325.read_artifact,
+}
 
 MAGIC = b"GOLFQNT"
 _HEADER = struct.Struct("<7sBBQI")  # magic, version, compressor id, raw length, crc32(raw)
@@ -210,11 +219,8 @@ def load_artifact(path: str | Path) -> dict[str, Tensor]:
     path = Path(path)
     head = path.read_bytes()[:8]
     if not head.startswith(MAGIC) and head[:1] != b"\x78":
-        from golf_core.model.families import PUBLISHED, family_module
-
-        for fam in PUBLISHED:
-            reader = getattr(family_module(fam), "read_artifact", None)
-            sd = reader(path) if reader is not None else None
+        for reader in FAMILY_READERS.values():
+            sd = reader(path)
             if sd is not None:
                 return sd
         raise ValueError(f"{path}: not a quantized artifact (neither the {MAGIC.decode()} "
