@@ -12,8 +12,8 @@ import torch
 
 from conftest import REPO, expected, fixture_dir
 from golf_core.analysis import routing_tables
+from golf_core.loading import load_model
 from golf_core.model import detect_family
-from golf_core.runs import load_model
 
 # (fixture, family, expected-loss key, artifact file, its roundtrip-loss key)
 CASES = [
