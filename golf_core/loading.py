@@ -5,7 +5,8 @@ its newest checkpoint), one of our checkpoints, an upstream `final_model.pt` or 
 artifact (ours, upstream's `.int8.ptz`, PR #363's int8 file, PR #1204's `.int6.ptz`), reads
 the model family off the state-dict keys and returns that family's model in eval mode on
 `device`. `config` is a ModelConfig or a dict of field names or of the family script's env var
-names (a run directory's own config.json is used when it is None). Bad input raises
+names (a run directory's own config.json is used when it is None); `parse_env_config(text)`
+turns the text of a training command's `KEY=VALUE` items into such a dict. Bad input raises
 FileNotFoundError or ValueError (ConfigError) in one line naming the file and what was
 expected. Nothing is written.
 """
@@ -157,3 +158,14 @@ def load_model(
                          f"({detail}); pass config= with the env vars you trained with") from None
     return model.to(device).eval()
 
+
+def parse_env_config(text: str) -> dict[str, str]:
+    """`"RECUR_LAYERS=4,5 PARALLEL_START_LAYER=7"` (space- or newline-separated, as in a
+    training command) -> {"RECUR_LAYERS": "4,5", ...}; a malformed item raises ValueError."""
+    out = {}
+    for item in text.split():
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"upstream_config: expected KEY=VALUE items, got {item!r}")
+        out[key] = value
+    return out
