@@ -286,7 +286,8 @@ def trained_artifacts(run_dir: Path) -> tuple[dict, list[dict]]:
     """The artifact table for a finished run's weights, each row scored on its val set."""
     from golf_core.data import load_validation_tokens
     from golf_core.evaluate import evaluate_bpb, load_byte_tables
-    from golf_core.runs import load_model, load_run
+    from golf_core.loading import load_model
+    from golf_core.runs import load_run
 
     run = load_run(run_dir)
     t = run.config["train"]

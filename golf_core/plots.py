@@ -331,7 +331,7 @@ def recurrence_error_figure(df: pd.DataFrame) -> Figure:
 
 
 def claims_forest(df: pd.DataFrame) -> Figure:
-    """Every claim's paired differences (golf_core.report.paired_table): one row per claim,
+    """Every claim's paired differences (golf_core.verdicts.paired_table): one row per claim,
     each seed a dot, the mean with its 95% t-interval as a bar, zero as a line and the
     equivalence margin +-delta shaded; the verdict written at the right. bpb claims and gap
     claims share the axis (both in bpb)."""

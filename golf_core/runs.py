@@ -1,4 +1,4 @@
-"""Run directories: naming, the metrics/log writer, listing and loading runs, upstream logs.
+"""Run directories: naming, the metrics/log writer, listing and reading runs.
 
 A run directory (`runs/<YYYYmmdd-HHMMSS>_<variant>_<tag>_s<seed>/`, written by
 `golf_core.train`) explains itself:
@@ -14,10 +14,10 @@ A run directory (`runs/<YYYYmmdd-HHMMSS>_<variant>_<tag>_s<seed>/`, written by
     final_model.<scheme>.<compressor>.ptz + artifact_report.json
     summary.json         final numbers; present only when the run finished
 
-`parse_upstream_log` reads upstream parameter-golf logs (`step:` lines, the `final_*` /
-`DIAGNOSTIC` / roundtrip / sliding-window results and PR #1204's `parallel_residual layer:`
-routing lines), so upstream curves and learned routing plot beside ours; it reads our
-train.log too.
+`load_model` (golf_core.loading: any checkpoint or artifact as a model) and
+`parse_upstream_log` (golf_core.upstream_log: upstream train logs, our train.log too) are
+importable from here as well, and `python -m golf_core.runs PATH [KEY=VALUE ...]` prints what
+`load_model` makes of a file.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import re
 import socket
 import subprocess
 import sys
@@ -38,16 +37,12 @@ import pandas as pd
 import torch
 
 from golf_core import paths
-from golf_core.checkpoint import list_checkpoints, load_checkpoint
-from golf_core.config import (
-    ConfigError,
-    ModelConfig,
-    apply_overrides,
-    env_name,
-    from_dict,
-    parse_set_args,
-    save_json,
-)
+from golf_core.analysis import routing_tables
+from golf_core.checkpoint import list_checkpoints
+from golf_core.config import ConfigError, ModelConfig, from_dict, parse_set_args, save_json
+from golf_core.loading import load_model
+from golf_core.model import count_parameters
+from golf_core.upstream_log import parse_upstream_log  # noqa: F401  (documented here too)
 
 CONFIG, ENV, METRICS, LOG, SUMMARY = (
     "config.json", "env.json", "metrics.jsonl", "train.log", "summary.json"
@@ -348,241 +343,6 @@ def list_runs(runs_dir: str | Path | None = None) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
-# ----------------------------------------------------------------------------- loading models
-
-
-def infer_baseline_config(state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """Size fields of an upstream baseline state dict, read off its tensor shapes."""
-    sd = state_dict
-    if "tok_emb.weight" not in sd or "blocks.0.attn.q_gain" not in sd:
-        return {}
-    vocab, dim = sd["tok_emb.weight"].shape
-    heads = sd["blocks.0.attn.q_gain"].numel()
-    head_dim = dim // heads
-    return {
-        "vocab_size": int(vocab),
-        "model_dim": int(dim),
-        "num_layers": len({k.split(".")[1] for k in sd if k.startswith("blocks.")}),
-        "num_heads": int(heads),
-        "num_kv_heads": int(sd["blocks.0.attn.c_k.weight"].shape[0] // head_dim),
-        "mlp_mult": int(sd["blocks.0.mlp.fc.weight"].shape[0] // dim),
-        "tie_embeddings": "lm_head.weight" not in sd,
-    }
-
-
-def _env_keys(config: dict, source: str) -> dict[str, Any]:
-    """Field names from a dict of field names or upstream env names (`NUM_LAYERS`)."""
-    by_env = {env_name(f): f for f in ModelConfig.__dataclass_fields__}
-    keys = {by_env.get(k, k): v for k, v in config.items()}
-    unknown = sorted(set(keys) - set(ModelConfig.__dataclass_fields__))
-    if unknown:
-        raise ConfigError(f"{source}: unknown config key(s) {', '.join(map(repr, unknown))}")
-    return keys
-
-
-def _config_for(config: ModelConfig | dict | None, sd: dict, source: str,
-                family: str) -> ModelConfig:
-    """A ModelConfig from an explicit config, or: the family's published preset (ours: the
-    upstream baseline), the user's env-style overrides, then the sizes the shapes fix."""
-    if isinstance(config, ModelConfig):
-        return config
-    keys = _env_keys(config or {}, f"load_model config for {source}")
-    if family == "golf":
-        cfg = apply_overrides(ModelConfig(), infer_baseline_config(sd), source=f"{source} shapes")
-        return apply_overrides(cfg, keys, source="load_model config")
-    from golf_core.model import preset
-    from golf_core.model.families import family_module
-
-    base = apply_overrides(preset(family), keys, source="load_model config")
-    try:
-        return family_module(family).config_from_state_dict(sd, base)
-    except ValueError as e:
-        raise ConfigError(f"load_model: {source}: {e}") from None
-
-
-def _weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
-    """(state dict, run config or None) of a run directory or a weights file."""
-    if path.is_dir():
-        run_cfg = _read_json(path / CONFIG)
-        if (path / FINAL_MODEL).is_file():
-            return torch.load(path / FINAL_MODEL, map_location="cpu", weights_only=True), run_cfg
-        ckpts = list_checkpoints(path / "checkpoints")
-        if not ckpts:
-            raise FileNotFoundError(f"{path}: no {FINAL_MODEL} and no checkpoints")
-        return load_checkpoint(ckpts[-1][1])["model"], run_cfg
-    if path.suffix == ".ptz":
-        from golf_core.quant import load_artifact
-
-        return load_artifact(path), None
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a pickle with code in it, a truncated or foreign file
-        raise ValueError(f"{path}: not a weights file torch.load(weights_only=True) can read "
-                         f"({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
-    if isinstance(sd, dict) and "model" in sd and "step" in sd:  # one of our checkpoints
-        return sd["model"], None
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise ValueError(f"{path}: not a state dict (a mapping of names to tensors)")
-    return sd, None
-
-
-def _recurrence_flag(path: Path, mcfg: ModelConfig) -> bool:
-    """PR #1204's recurrence switch, which no tensor holds: as the run saved it, else on (the
-    script exports and evaluates with recurrence on)."""
-    summary = _read_json(path / SUMMARY) if path.is_dir() else None
-    if summary and "recurrence_active" in summary:
-        return bool(summary["recurrence_active"])
-    return bool(mcfg.recur_layers)
-
-
-def _expected_keys() -> str:
-    from golf_core.model.families import PUBLISHED, family_module
-
-    keys = ["blocks.0.attn.c_q.weight (baseline / ours)"]
-    keys += [f"{', '.join(family_module(f).IDENTIFYING_KEYS)} (PR #{family_module(f).PR})"
-             for f in PUBLISHED]
-    return "; ".join(keys)
-
-
-def load_model(
-    path: str | Path, config: ModelConfig | dict | None = None, device: str = "cpu"
-) -> torch.nn.Module:
-    """A model in eval mode from a run directory (final_model.pt, else its newest checkpoint),
-    one of our checkpoints, an upstream `final_model.pt` or an artifact: ours, upstream's
-    `.int8.ptz`, PR #363's `ZLIB`/`ZSTD` int8 file, PR #1204's `final_model.int6.ptz`.
-
-    The family (baseline/ours, PR #54, #325, #363, #1204) is read off the state-dict keys.
-    `config`: a ModelConfig, or a dict of field names or *that family's script's* env var
-    names (`{"RECUR_LAYERS": "4,5", "PARALLEL_START_LAYER": "7"}`: paste the command you
-    trained with) applied over the family's published preset, then the sizes the weights'
-    shapes fix; a run directory's own config.json is used when `config` is None. A
-    mini-recurrence model comes back switched on or off as it was saved (PR #1204's upstream
-    files: on, as at export). Errors name the file and what was expected, in one line.
-    """
-    from golf_core.model import build_model, detect_family
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"load_model: {path}: no such file or directory")
-    sd, run_cfg = _weights(path)
-    sd = {k.removeprefix("_orig_mod."): v for k, v in sd.items()}  # torch.compile'd
-    family = detect_family(sd)
-    if config is None and run_cfg is not None:
-        mcfg = from_dict(ModelConfig, run_cfg["model"], source=str(path / CONFIG))
-    else:
-        mcfg = _config_for(config, sd, str(path), family)
-    if family == "golf" and not any(k.startswith("blocks.") for k in sd):
-        raise ValueError(f"{path}: no model family recognised in its {len(sd)} keys (first: "
-                         f"{', '.join(list(sd)[:3]) or 'none'}); expected {_expected_keys()}")
-    model = build_model(mcfg)
-    if hasattr(model, "set_recurrence_active"):
-        model.set_recurrence_active(_recurrence_flag(path, mcfg))
-    try:
-        model.load_state_dict(sd)
-        model.load_state_dict(sd)  # ours: the first load's hook switched mini recurrence
-    except RuntimeError as e:
-        first = str(e).splitlines()
-        detail = " ".join(line.strip() for line in first[1:3])[:300]
-        raise ValueError(f"{path}: weights do not fit the {family} model of this config "
-                         f"({detail}); pass config= with the env vars you trained with") from None
-    return model.to(device).eval()
-
-
-# ----------------------------------------------------------------------------- upstream logs
-
-_STEP = re.compile(r"^step:(\d+)/(\d+)\s+(.*)$")
-_KV = re.compile(r"^([A-Za-z_]\w*):(\S+)$")
-_RESULT = re.compile(r"^(?P<name>[^:]+?)\s+(?P<rest>(?:\w+:\S+\s*)*val_loss:\S+\s+val_bpb:\S+.*)$")
-_SIZE = re.compile(
-    r"^(?P<name>Serialized model.*|Total submission size.*|Code size):\s+(\d+) bytes"
-)
-_ROUTING = re.compile(r"^parallel_residual layer:(\d+)\s+(.*)$")
-ROUTING_COLUMNS = ["layer", "physical", "attn_resid", "attn_to_attn", "attn_to_mlp",
-                   "mlp_resid", "mlp_to_attn", "mlp_to_mlp"]
-METRIC_COLUMNS = ["step", "kind", "train_loss", "val_loss", "val_bpb", "train_time_ms",
-                  "step_avg_ms"]
-
-
-def _value(text: str) -> Any:
-    """'43.50ms' -> 43.5, '1337' -> 1337, 'True' -> True, anything else stays a string."""
-    if text in ("True", "False"):
-        return text == "True"
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
-
-
-def _pairs(text: str, strict: bool = True) -> dict[str, Any] | None:
-    """`a:1 b:2ms` -> {"a": 1, "b_ms": 2}; a token that is not key:value makes it None
-    (strict) or is skipped."""
-    out: dict[str, Any] = {}
-    for token in text.split():
-        m = _KV.match(token)
-        if not m:
-            if strict:
-                return None
-            continue
-        key, raw = m.groups()
-        if raw.endswith("ms") and _value(raw[:-2]) != raw[:-2]:
-            key, raw = f"{key}_ms", raw[:-2]
-        out[key] = _value(raw)
-    return out
-
-
-def _step_row(m: re.Match) -> dict[str, Any] | None:
-    kv = _pairs(m.group(3)) or {}
-    kind = "val" if "val_loss" in kv else "train" if "train_loss" in kv else None
-    if kind is None:
-        return None
-    row = {"step": int(m.group(1)), "kind": kind}
-    row.update({c: kv.get(c) for c in METRIC_COLUMNS[2:]})
-    return row
-
-
-def parse_upstream_log(path: str | Path) -> dict[str, Any]:
-    """Curves, final results, sizes, header and lane routing of an upstream train log.
-
-    Returns {"metrics": DataFrame (one row per `step:` line; columns METRIC_COLUMNS, NaN where
-    a line lacks a value), "final": {name: {val_loss, val_bpb, eval_time_ms, ...}} for every
-    result line (`final_*`, `DIAGNOSTIC ...`, roundtrip, sliding window), "sizes": {name:
-    bytes}, "header": key:value settings printed before training, "events": [{step, text}]
-    (recurrence activation, QAT, early stop ...), "routing": DataFrame of ROUTING_COLUMNS},
-    "iterations": the planned step count}.
-    """
-    rows, final, sizes, header, events, routing = [], {}, {}, {}, [], []
-    iterations = None
-    for raw in Path(path).read_text(encoding="utf-8", errors="replace").splitlines():
-        line = raw.strip()
-        if m := _STEP.match(line):
-            iterations = int(m.group(2))
-            if (row := _step_row(m)) is not None:
-                rows.append(row)
-        elif m := _ROUTING.match(line):
-            kv = _pairs(m.group(2)) or {}
-            routing.append({"layer": int(m.group(1)),
-                            **{c: kv.get(c) for c in ROUTING_COLUMNS[1:]}})
-        elif m := _RESULT.match(line):
-            final[m.group("name")] = _pairs(m.group("rest"), strict=False)
-        elif m := _SIZE.match(line):
-            sizes[m.group("name")] = int(m.group(2))
-        elif rows and (s := re.search(r"\bstep:(\d+)", line)):
-            events.append({"step": int(s.group(1)), "text": line})
-        elif not rows and (kv := _pairs(line)) and not any(k.endswith("warmup_step") for k in kv):
-            header.update(kv)
-    return {
-        "metrics": pd.DataFrame(rows, columns=METRIC_COLUMNS),
-        "final": final,
-        "sizes": sizes,
-        "header": header,
-        "events": events,
-        "routing": pd.DataFrame(routing, columns=ROUTING_COLUMNS),
-        "iterations": iterations,
-    }
-
-
 # ----------------------------------------------------------------------------- inspect CLI
 
 
@@ -593,9 +353,6 @@ def inspect_cli(argv: list[str] | None = None) -> int:
     Bad input: one line on stderr, exit 2."""
     import argparse
     import sys
-
-    from golf_core.analysis import routing_tables
-    from golf_core.model import count_parameters
 
     p = argparse.ArgumentParser(prog="python -m golf_core.runs", description=inspect_cli.__doc__)
     p.add_argument("path", help="run directory, checkpoint, final_model.pt or .ptz artifact")

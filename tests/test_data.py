@@ -4,22 +4,23 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import sentencepiece as spm
 import torch
 
-from conftest import fixture_dir
-from golf_core import data
+from conftest import REPO, fixture_dir
+from golf_core import corpus
+from golf_core.corpus import iter_corpus_documents, prepare
 from golf_core.data import (
     DistributedTokenLoader,
     TokenStream,
     default_tokenizer_path,
-    iter_corpus_documents,
     load_manifest,
     load_validation_tokens,
-    prepare,
     read_shard,
     shard_files,
     write_shard,
@@ -367,22 +368,30 @@ def test_prepare_rejects_bad_settings(small_corpus, tmp_path, kwargs, match):
 
 
 def test_cli_prints_one_line_errors_and_exits_2(tmp_path, capsys):
-    assert data.main(["prepare", "--corpus", str(tmp_path / "nowhere"), "--out",
-                      str(tmp_path / "out")]) == 2
+    assert corpus.main(["prepare", "--corpus", str(tmp_path / "nowhere"), "--out",
+                        str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "nowhere: no such file or directory" in err
     with pytest.raises(SystemExit) as exit_info:
-        data.main(["prepare", "--val-docs", "many"])
+        corpus.main(["prepare", "--val-docs", "many"])
     assert exit_info.value.code == 2 and "--val-docs" in capsys.readouterr().err
 
 
 def test_cli_help_lists_the_options(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        data.main(["prepare", "--help"])
+        corpus.main(["prepare", "--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     for option in ("--corpus", "--out", "--vocab-size", "--val-docs", "--seed"):
         assert option in out
+
+
+def test_the_cli_runs_as_python_m_golf_core_data():
+    proc = subprocess.run([sys.executable, "-m", "golf_core.data", "prepare", "--help"],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage: python -m golf_core.data prepare")
+    assert "--corpus" in proc.stdout
 
 
 def test_default_tokenizer_path_needs_a_tokenizer(prepared, tmp_path):
@@ -395,4 +404,4 @@ def test_default_tokenizer_path_needs_a_tokenizer(prepared, tmp_path):
 def test_vocab_file_matches_what_spm_train_writes():
     d = fixture_dir("upstream_bpb")
     sp = spm.SentencePieceProcessor(model_file=str(d / "tok.model"))
-    assert data._vocab_text(sp) == (d / "tok.vocab").read_text(encoding="utf-8")
+    assert corpus._vocab_text(sp) == (d / "tok.vocab").read_text(encoding="utf-8")

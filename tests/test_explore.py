@@ -21,7 +21,7 @@ from test_train import small_dataset, tiny_config
 from conftest import REPO, fixture_dir
 from golf_core import analysis, explore
 from golf_core.checkpoint import checkpoint_path, load_checkpoint
-from golf_core.runs import load_model
+from golf_core.loading import load_model
 from golf_core.train import main
 
 FINAL = explore.FINAL

@@ -12,8 +12,8 @@ import torch
 
 from conftest import REPO, expected, fixture_dir
 from golf_core.analysis import routing_tables
+from golf_core.loading import load_model
 from golf_core.model import detect_family
-from golf_core.runs import load_model
 
 # (fixture, family, expected-loss key, artifact file, its roundtrip-loss key)
 CASES = [
@@ -111,14 +111,15 @@ def test_the_inspect_cli_prints_routing_or_one_error_line(tmp_path):
 
 
 def test_a_users_checkpoint_and_command_reach_the_notebooks_tables():
-    from golf_core import experiments
+    from golf_core.loading import parse_env_config
+    from golf_core.reanalysis import checkpoint_routing
 
     folder = fixture_dir("upstream_pr1204")
     command = " ".join(f"{k}={v}" for k, v in env_config("upstream_pr1204").items())
-    tables = experiments.checkpoint_routing(str(folder / "model.int6.ptz"), command)
+    tables = checkpoint_routing(str(folder / "model.int6.ptz"), command)
     assert set(tables["lanes"]["variant"]) == {"pr1204 model.int6.ptz"}
     logged = expected("upstream_pr1204")["lane_routing"]
     assert tables["lanes"]["layer"].tolist() == [r["virtual"] for r in logged]
-    assert experiments.parse_env_config("A=1\nB=2,3") == {"A": "1", "B": "2,3"}
+    assert parse_env_config("A=1\nB=2,3") == {"A": "1", "B": "2,3"}
     with pytest.raises(ValueError, match="upstream_config: expected KEY=VALUE items, got 'oops'"):
-        experiments.parse_env_config("A=1 oops")
+        parse_env_config("A=1 oops")

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import REPO
 from conftest import report_env as _env
-from golf_core import experiments, launch, report
+from golf_core import experiments, launch, report, verdicts
 
 # figures each notebook draws (save_figure names)
 FIGURES = {
@@ -103,7 +103,7 @@ def test_the_index_states_the_findings_wall_times_and_the_command_and_links_ever
     # and three descriptive ones, each linked to its notebook
     specs = experiments.run_matrix("ci")
     steps = {s.label for s in specs if s.budget == "steps"}
-    paired = [c for c in report.scale_claims({s.label for s in specs})
+    paired = [c for c in verdicts.scale_claims({s.label for s in specs})
               if c.budget == "flops" or {c.arm_a, c.arm_b, *(c.minus or ())} <= steps]
     assert len(findings) == len(paired) + 3 and set(findings) <= pages
     for name in report.NOTEBOOKS:
@@ -240,7 +240,7 @@ def test_paired_findings_come_from_the_stats_rule_and_equal_flops_reuse_the_refe
     import pandas as pd
 
     from golf_core import stats
-    from golf_core.report import _paired_row, _with_flops_references
+    from golf_core.verdicts import _paired_row, _with_flops_references
 
     specs = experiments.run_matrix("cpu", groups="flat_vs_looped")
     seeds = [1, 2, 3]

@@ -11,17 +11,9 @@ import torch
 
 from conftest import expected, fixture_dir
 from golf_core.config import ConfigError
-from golf_core.runs import (
-    ROUTING_COLUMNS,
-    RunLog,
-    default_run_name,
-    infer_baseline_config,
-    list_runs,
-    load_model,
-    load_run,
-    parse_upstream_log,
-    read_metrics,
-)
+from golf_core.loading import infer_baseline_config, load_model
+from golf_core.runs import RunLog, default_run_name, list_runs, load_run, read_metrics
+from golf_core.upstream_log import ROUTING_COLUMNS, parse_upstream_log
 
 
 @pytest.fixture(scope="module")
@@ -166,3 +158,11 @@ def test_default_run_name_has_date_variant_tag_and_seed():
     now = datetime(2025, 3, 4, 5, 6, 7)
     assert default_run_name("pr1204", "", 42, now) == "20250304-050607_pr1204_s42"
     assert default_run_name("unet", "ab c", 1, now) == "20250304-050607_unet_ab-c_s1"
+
+
+def test_load_model_and_parse_upstream_log_stay_importable_from_runs():
+    # documented as golf_core.runs.load_model / .parse_upstream_log (README, the runs CLI)
+    from golf_core import loading, runs, upstream_log
+
+    assert runs.load_model is loading.load_model
+    assert runs.parse_upstream_log is upstream_log.parse_upstream_log

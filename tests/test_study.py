@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from golf_core import experiments, launch, report
+from golf_core import experiments, launch, results, verdicts
 from golf_core.config import ModelConfig
 from golf_core.model import build_model, preset
 
@@ -23,7 +23,7 @@ def _verdict_arms(scale: str) -> dict[str, int]:
     seeds: dict[str, set[int]] = {}
     for s in specs:
         seeds.setdefault(s.label, set()).add(s.seed)
-    arms = {a for c in report.scale_claims(seeds) for a in (c.arm_a, c.arm_b, *(c.minus or ()))}
+    arms = {a for c in verdicts.scale_claims(seeds) for a in (c.arm_a, c.arm_b, *(c.minus or ()))}
     return {a: len(seeds[a]) for a in arms}
 
 
@@ -34,7 +34,7 @@ def test_every_arm_a_verdict_rests_on_has_enough_paired_seeds(scale, seeds):
 
 
 def test_the_study_runs_the_quantization_table_and_the_stack_question():
-    names = {c.name for c in report.scale_claims(
+    names = {c.name for c in verdicts.scale_claims(
         {s.label for s in experiments.run_matrix("study")})}
     assert {"noisy-qat-gap/int8", "noisy-qat-gap/int6", "noisy-qat-gap/int5",
             "looped-vs-flat-gap/int5", "recurrence-in-stack", "recurrence-standalone",
@@ -158,5 +158,5 @@ def test_a_run_leaves_its_per_precision_gaps_and_final_tables(tmp_path, monkeypa
     spec = experiments.RunSpec(name="gaps", label="pr363-3x3", preset="pr363-3x3", seed=1337,
                                scale="ci", train_scale="cpu")
     monkeypatch.setattr(experiments.RunSpec, "run_dir", property(lambda self: run))
-    growth = experiments.error_growth(experiments.stored_quant_error([spec]))
+    growth = results.error_growth(results.stored_quant_error([spec]))
     assert set(growth["bits"]) == {8, 5} and (growth["growth"] > 0).all()

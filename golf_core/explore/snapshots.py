@@ -147,7 +147,8 @@ def load_snapshot(source: Source, step: int = FINAL, *, family: str = "auto",
                   config: Mapping[str, Any] | None = None) -> Snapshot:
     """The model of `source` at `step`. `family` (not "auto") and `config` (config fields or
     upstream env names) apply to a weights file; a run brings its own config.json."""
-    from golf_core.runs import load_model, load_run
+    from golf_core.loading import load_model
+    from golf_core.runs import load_run
 
     check_family(family)
     check_step(source, step)

@@ -49,7 +49,7 @@ def _parse_config(text: str) -> dict[str, Any]:
     if not text.strip():
         return {}
     if not text.lstrip().startswith(("{", "[")):
-        from golf_core.experiments import parse_env_config
+        from golf_core.loading import parse_env_config
 
         try:
             return dict(parse_env_config(text))
