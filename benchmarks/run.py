@@ -46,7 +46,7 @@ from benchmarks.flops import (
     measured_matmul_peak,
 )
 from golf_core import quant
-from golf_core.config import ConfigError, TrainConfig, parse_set_args, resolve, to_dict
+from golf_core.config import ConfigError, TrainConfig, parse_set_args, to_dict
 from golf_core.evaluate import ByteTables, evaluate_bpb
 from golf_core.model import GPT, PRESETS, build_model, count_parameters
 from golf_core.model.gpt import validate
@@ -58,6 +58,7 @@ from golf_core.optim import (
     newton_schulz5_batched,
 )
 from golf_core.runs import cpu_isa, cpu_name, machine_slug
+from golf_core.settings import resolve
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # what the report trains: the baseline and the published models of its claims

@@ -5,8 +5,8 @@ defaults and UPPER_SNAKE environment variable names (NUM_LAYERS, MODEL_DIM, ...)
 user's `NUM_LAYERS=11 torchrun ...` works unchanged. Unlike upstream, configs are frozen
 dataclasses, unknown keys are errors that name the key, and values are type-checked.
 
-Precedence (see `resolve`): explicit overrides (CLI `--set`, papermill) > env vars > JSON file >
-dataclass defaults.
+Precedence (golf_core.settings.resolve, above the model package, which a preset needs):
+explicit overrides (CLI `--set`, papermill) > env vars > JSON file > dataclass defaults.
 """
 
 from __future__ import annotations
@@ -422,87 +422,3 @@ SCALES: dict[str, dict[str, Any]] = {
         "export_keep_float_max_numel": 0,
     },
 }
-
-
-def _layered(config: Mapping[str, Any], source: str) -> tuple[dict, dict]:
-    """(model, train) keys of a config mapping: flat keys, or {"model": {...}, "train": {...}}."""
-    if "model" in config or "train" in config:
-        extra = sorted(set(config) - {"model", "train"})
-        if extra:
-            raise ConfigError(
-                f"{source}: unknown section(s) {', '.join(map(repr, extra))} "
-                "(expected 'model' and 'train', or flat keys)"
-            )
-        m, t = dict(config.get("model", {})), dict(config.get("train", {}))
-        apply_overrides(ModelConfig(), m, source=f"{source} [model]")
-        apply_overrides(TrainConfig(), t, source=f"{source} [train]")
-        return m, t
-    try:
-        return split_overrides(config)
-    except ConfigError as e:
-        raise ConfigError(f"{source}: {e}") from None
-
-
-# A scale always sets the width; a preset's other keys (variant, depth, loops, recurrence,
-# lanes, mlp_mult) win over the scale's: `--scale cpu --preset pr1204` is PR #1204's 11-layer
-# shape at the cpu width, not a 4-layer model that could not hold recur_layers (4, 5).
-SCALE_WIDTH_KEYS = ("model_dim", "num_heads", "num_kv_heads", "vocab_size")
-
-
-def _base_model(preset: str | None, scale_model: Mapping[str, Any]) -> ModelConfig:
-    """The preset's ModelConfig, with the scale's width and the scale's other model keys
-    where the preset leaves them at their defaults."""
-    if preset is None:
-        return apply_overrides(ModelConfig(), scale_model, source="--scale")
-    from golf_core.model.presets import preset as make_preset
-    from golf_core.model.presets import preset_overrides
-
-    try:
-        # the keys the preset sets, even to a default value (PR #363's 3x3 has num_layers=9),
-        # and those it derives (a looped preset's num_layers)
-        base, default = make_preset(preset), ModelConfig()
-        derived = {f.name for f in fields(ModelConfig)
-                   if getattr(base, f.name) != getattr(default, f.name)}
-        own = (set(preset_overrides(preset)) | derived) - set(SCALE_WIDTH_KEYS)
-        return make_preset(preset, **{k: v for k, v in scale_model.items() if k not in own})
-    except ValueError as e:
-        raise ConfigError(f"--preset: {e}") from None
-
-
-def resolve(
-    *,
-    scale: str | None = None,
-    preset: str | None = None,
-    config: Mapping[str, Any] | None = None,
-    environ: Mapping[str, str] | None = None,
-    sets: Mapping[str, Any] | None = None,
-    config_source: str = "config",
-) -> tuple[ModelConfig, TrainConfig]:
-    """Resolve (ModelConfig, TrainConfig) from every layer, later layers winning:
-
-    dataclass defaults < `scale` (SCALES) and `preset` (golf_core.model.preset; a preset's own
-    keys win over the scale's) < `config` (flat or {"model", "train"} sections) < upstream env
-    vars in `environ` (os.environ when None) < `sets` (CLI --set, papermill). Unknown keys,
-    scales and bad values raise ConfigError naming them and their source.
-    """
-    if scale is not None and scale not in SCALES:
-        raise ConfigError(f"--scale: unknown scale {scale!r} (known: {', '.join(SCALES)})")
-    scale_model, scale_train = split_overrides(SCALES[scale] if scale else {})
-    mcfg = _base_model(preset, scale_model)
-    tcfg = apply_overrides(TrainConfig(), scale_train, source="--scale")
-    if config:
-        m, t = _layered(config, config_source)
-        mcfg = apply_overrides(mcfg, m, source=config_source)
-        tcfg = apply_overrides(tcfg, t, source=config_source)
-    for k, v in env_overrides(ModelConfig, environ).items():  # one by one: errors name the var
-        mcfg = apply_overrides(mcfg, {k: v}, source=f"environment {env_name(k)}")
-    for k, v in env_overrides(TrainConfig, environ).items():
-        tcfg = apply_overrides(tcfg, {k: v}, source=f"environment {env_name(k)}")
-    if sets:
-        try:
-            m, t = split_overrides(sets)
-        except ConfigError as e:
-            raise ConfigError(f"--set: {e}") from None
-        mcfg = apply_overrides(mcfg, m, source="--set")
-        tcfg = apply_overrides(tcfg, t, source="--set")
-    return mcfg, tcfg

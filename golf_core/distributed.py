@@ -26,6 +26,7 @@ from torch import Tensor
 
 from golf_core import precision
 from golf_core.config import ConfigError, TrainConfig
+from golf_core.optim import Muon
 
 # What autocast="auto" means on CPU is measured, not assumed (golf_core/precision.py): bf16
 # autocast where a bf16 matmul beats fp32 on this machine (AVX-512 BF16 / AMX), fp32 where
@@ -287,8 +288,6 @@ def sync_round_robin_state(rt: Runtime, optimizers: Iterable[torch.optim.Optimiz
     """Muon (upstream) keeps parameter i's momentum buffer on rank i % world only; copy each
     buffer from its owner to every rank, so rank 0 can save it and any world size can load it.
     Optimizers without that ownership rule (Adam) hold the same state on every rank already."""
-    from golf_core.optim import Muon
-
     if not rt.distributed:
         return
     for opt in (o for o in optimizers if isinstance(o, Muon)):

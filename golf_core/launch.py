@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from golf_core import experiments, regime
 from golf_core.experiments import RunSpec
 
 REPO = Path(__file__).resolve().parent.parent
@@ -147,8 +148,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     resumable: finished runs are skipped, a killed one resumes."""
     import argparse
 
-    from golf_core import experiments
-
     p = argparse.ArgumentParser(prog="python -m golf_core.launch", description=main.__doc__)
     p.add_argument("--scale", default="study", help="a golf_core.experiments scale")
     p.add_argument("--jobs", type=int, default=0, help="runs at a time (0: the scale's)")
@@ -158,7 +157,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = experiments.scale_settings(args.scale)
         if cfg.get("ladder"):  # `make regime`: the ladder lays out its own runs
-            from golf_core import regime
 
             specs = regime.ladder()
         else:

@@ -13,6 +13,7 @@ expected. Nothing is written.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from golf_core.checkpoint import list_checkpoints, load_checkpoint
 from golf_core.config import ConfigError, ModelConfig, apply_overrides, env_name, from_dict
 from golf_core.model import build_model, detect_family, preset
 from golf_core.model.families import PUBLISHED, family_module
+from golf_core.paths import CONFIG, FINAL_MODEL, SUMMARY
 from golf_core.quant import load_artifact
 
 
@@ -73,8 +75,6 @@ def _config_for(config: ModelConfig | dict | None, sd: dict, source: str,
 
 def _weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
     """(state dict, run config or None) of a run directory or a weights file."""
-    from golf_core.runs import CONFIG, FINAL_MODEL, _read_json  # runs imports load_model
-
     if path.is_dir():
         run_cfg = _read_json(path / CONFIG)
         if (path / FINAL_MODEL).is_file():
@@ -100,8 +100,6 @@ def _weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None
 def _recurrence_flag(path: Path, mcfg: ModelConfig) -> bool:
     """PR #1204's recurrence switch, which no tensor holds: as the run saved it, else on (the
     script exports and evaluates with recurrence on)."""
-    from golf_core.runs import SUMMARY, _read_json  # runs imports load_model
-
     summary = _read_json(path / SUMMARY) if path.is_dir() else None
     if summary and "recurrence_active" in summary:
         return bool(summary["recurrence_active"])
@@ -130,8 +128,6 @@ def load_model(
     mini-recurrence model comes back switched on or off as it was saved (PR #1204's upstream
     files: on, as at export). Errors name the file and what was expected, in one line.
     """
-    from golf_core.runs import CONFIG  # runs imports load_model
-
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"load_model: {path}: no such file or directory")
@@ -169,3 +165,7 @@ def parse_env_config(text: str) -> dict[str, str]:
             raise ValueError(f"upstream_config: expected KEY=VALUE items, got {item!r}")
         out[key] = value
     return out
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.exists() else None

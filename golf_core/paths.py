@@ -2,7 +2,8 @@
 
 `PROJECT_ROOT` is the repository (the parent of this package) unless `GOLF_ROOT` names another
 directory; every default path (data, runs, figures, report) hangs off it, so notebooks and
-scripts behave the same whatever directory they were launched from.
+scripts behave the same whatever directory they were launched from. Also the names of the
+files a run directory holds.
 """
 
 from __future__ import annotations
@@ -44,3 +45,12 @@ def figures_dir() -> Path:
 
 def report_dir() -> Path:
     return project_root() / "report"
+
+
+# The files of a run directory (golf_core.runs describes each)
+CONFIG, ENV, METRICS, LOG, SUMMARY = (
+    "config.json", "env.json", "metrics.jsonl", "train.log", "summary.json"
+)
+FINAL_MODEL, ARTIFACT_REPORT = "final_model.pt", "artifact_report.json"
+# written at the end of a run beside summary.json: small, and kept where checkpoints are not
+ROUTING, QUANT_ERROR = "routing.json", "quant_error.json"

@@ -2,7 +2,7 @@
 
 Each function reads one notebook's group of `golf_core.experiments.run_matrix(scale)` (or the
 specs the notebook already holds), resolves every arm's config as training does
-(`golf_core.config.resolve`), builds its model on the `meta` device (shapes only, no memory)
+(`golf_core.settings.resolve`), builds its model on the `meta` device (shapes only, no memory)
 for block counts, virtual depth and parameter counts, and returns Markdown: which arms exist
 at the scale, their shapes, steps, tokens per step, seeds and budget. The notebooks show it
 with `display(Markdown(prose.<fn>(scale, specs)))`; their hand-written prose states no counts
@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from golf_core import config, experiments
+from golf_core import config, experiments, settings
 from golf_core.experiments import RunSpec
 from golf_core.model import build_model, pr325
 from golf_core.trainer import recurrence_start
@@ -56,7 +56,7 @@ def arms(scale: str, group: str, specs: Sequence[RunSpec] | None = None) -> list
     out = []
     for (label, budget), same in by_arm.items():
         spec = same[0]
-        mcfg, tcfg = config.resolve(scale=spec.train_scale, preset=spec.preset, environ={},
+        mcfg, tcfg = settings.resolve(scale=spec.train_scale, preset=spec.preset, environ={},
                                     sets=dict(spec.overrides))
         with torch.device("meta"):
             model = build_model(mcfg)

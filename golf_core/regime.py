@@ -46,10 +46,10 @@ from typing import Any
 
 from torch import nn
 
-from golf_core.config import resolve
 from golf_core.experiments import RunSpec, _settings_hash, dataset_dir, scale_settings
 from golf_core.flops import flops_per_token
-from golf_core.model import build_model
+from golf_core.model import build_model, preset
+from golf_core.settings import resolve
 
 SCALE = "regime"
 SEEDS = (1337, 42, 7, 2024, 31337)
@@ -90,8 +90,6 @@ def _scaled(n: int, width: int, published: int, minimum: int) -> int:
 def table_sizes(preset_name: str, width: int) -> dict[str, int]:
     """The preset's tables at `width`: BigramHash rows and width, value-embedding width and
     loop-adapter width scaled by width / the published width (even widths, a floor of 4)."""
-    from golf_core.model import preset
-
     base = preset(preset_name)
     pub = _PUBLISHED_WIDTH[base.family]
     out = {"bigram_vocab_size": _scaled(base.bigram_vocab_size, width, pub, 16),

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from golf_core import paths, regime, stats
+from golf_core.data import read_shard
 from golf_core.experiments import dataset_dir
 
 NAME = re.compile(r"^regime-(?P<size>[A-Z])-(?P<pair>[a-z0-9]+)-r(?P<rung>[0-9.]+)-"
@@ -92,8 +93,6 @@ def plan_facts() -> dict[tuple[str, str, str], dict[str, float]]:
 
 def corpus_train_tokens() -> int:
     """Tokens in the prepared default corpus's train shards (0 where it is not prepared)."""
-    from golf_core.data import read_shard
-
     shards = sorted(Path(dataset_dir(regime.SCALE)).glob("*_train_*.bin"))
     return sum(int(read_shard(p).numel()) for p in shards)
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from golf_core import checkpoint as ckpt
 from golf_core import paths, precision
@@ -21,10 +20,7 @@ from golf_core.config import ConfigError, TrainConfig, to_dict
 from golf_core.distributed import Runtime, broadcast_object
 from golf_core.model import count_parameters
 from golf_core.runs import env_info, new_run_dir, variant_label, write_run_files
-from golf_core.trainer import Trainer
-
-if TYPE_CHECKING:  # train.py imports this module; the annotation alone needs Invocation
-    from golf_core.train import Invocation
+from golf_core.trainer import Invocation, Trainer
 
 
 def _runs_root(tcfg: TrainConfig) -> Path:

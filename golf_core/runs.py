@@ -42,15 +42,18 @@ from golf_core.checkpoint import list_checkpoints
 from golf_core.config import ConfigError, ModelConfig, from_dict, parse_set_args, save_json
 from golf_core.loading import load_model
 from golf_core.model import count_parameters
-from golf_core.upstream_log import parse_upstream_log  # noqa: F401  (documented here too)
-
-CONFIG, ENV, METRICS, LOG, SUMMARY = (
-    "config.json", "env.json", "metrics.jsonl", "train.log", "summary.json"
+from golf_core.paths import (  # noqa: F401  (a run directory's file names, used from here)
+    ARTIFACT_REPORT,
+    CONFIG,
+    ENV,
+    FINAL_MODEL,
+    LOG,
+    METRICS,
+    QUANT_ERROR,
+    ROUTING,
+    SUMMARY,
 )
-FINAL_MODEL, ARTIFACT_REPORT = "final_model.pt", "artifact_report.json"
-# written at the end of a run beside summary.json: small, and kept where checkpoints are not
-ROUTING, QUANT_ERROR = "routing.json", "quant_error.json"
-
+from golf_core.upstream_log import parse_upstream_log  # noqa: F401  (documented here too)
 
 # ----------------------------------------------------------------------------- naming
 

@@ -26,6 +26,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from golf_core.paths import project_root
+from golf_core.plots import inline_svg
+
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 TEMPLATE = "golf_report"
 STYLESHEET = "style.css"  # the copy next to the pages; the source is templates/report.css
@@ -58,8 +61,6 @@ def copy_stylesheet(report_dir: Path) -> Path:
 def inline_figures(nb: Any) -> Any:
     """Each SVG output becomes inline markup with ids prefixed per cell and output; its PNG
     twin (when a kernel wrote both) is dropped. Changes and returns `nb`."""
-    from golf_core.plots import inline_svg
-
     for i, cell in enumerate(nb.cells):
         for j, out in enumerate(cell.get("outputs", [])):
             data = out.get("data", {})
@@ -119,8 +120,6 @@ def markdown_for_pages(nb: Any) -> Any:
 def _roots() -> list[str]:
     """The directories a rendered path is shown relative to: the project root (GOLF_ROOT or
     the repository) and the repository, as prefixes ending in a separator, longest first."""
-    from golf_core.paths import project_root
-
     repo = Path(__file__).resolve().parent.parent
     roots = {str(r) for r in (project_root(), repo, project_root().resolve())}
     return sorted((r.rstrip(os.sep) + os.sep for r in roots), key=len, reverse=True)

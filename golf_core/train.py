@@ -31,7 +31,7 @@ import os
 import sys
 import textwrap
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,6 @@ from golf_core.config import (
     TrainConfig,
     load_json,
     parse_set_args,
-    resolve,
     to_dict,
 )
 from golf_core.data_checks import load_data
@@ -60,7 +59,8 @@ from golf_core.model import PRESETS
 from golf_core.quant import COMPRESSORS, SCHEMES
 from golf_core.run_start import _runs_root, open_run_dir, print_header, resume_from_checkpoint
 from golf_core.runs import CONFIG, SUMMARY, RunLog
-from golf_core.trainer import Trainer, TrainingError
+from golf_core.settings import resolve
+from golf_core.trainer import Invocation, Trainer, TrainingError
 
 # keys that may differ when resuming: they change logging, hardware, where files live or the
 # stopping point, not the model or the data order (iterations/max_wallclock_seconds extend or
@@ -118,22 +118,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved config as JSON and exit")
     return parser
-
-
-@dataclass
-class Invocation:
-    """What the command line asked for, after config resolution."""
-
-    mcfg: ModelConfig
-    tcfg: TrainConfig
-    preset: str | None
-    scale: str | None
-    run_dir: Path | None  # explicit --run-dir or (resume) runs_dir/run_name
-    resume: bool
-    stop_at_step: int
-    print_config: bool = False
-    argv: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)  # logged once the run directory is open
 
 
 def _stored_config(run_dir: Path) -> dict[str, Any]:

@@ -19,8 +19,9 @@ import math
 import random
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,8 +48,22 @@ from golf_core.optim import apply_schedule, build_optimizers
 from golf_core.quant import enable_qat, resolve_policy
 from golf_core.runs import RunLog
 
-if TYPE_CHECKING:  # train.py imports this module; the annotation alone needs Invocation
-    from golf_core.train import Invocation
+
+@dataclass
+class Invocation:
+    """What the command line asked for, after config resolution."""
+
+    mcfg: ModelConfig
+    tcfg: TrainConfig
+    preset: str | None
+    scale: str | None
+    run_dir: Path | None  # explicit --run-dir or (resume) runs_dir/run_name
+    resume: bool
+    stop_at_step: int
+    print_config: bool = False
+    argv: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # logged once the run directory is open
+
 
 
 class TrainingError(RuntimeError):

@@ -18,11 +18,11 @@ from golf_core.config import (
     ModelConfig,
     TrainConfig,
     from_dict,
-    resolve,
 )
 from golf_core.model import GPT, PRESETS, build_model, count_parameters, preset
 from golf_core.model.families import family_module
 from golf_core.optim import build_optimizers
+from golf_core.settings import resolve
 
 ROOT = Path(__file__).resolve().parent.parent
 

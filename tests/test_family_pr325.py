@@ -250,7 +250,8 @@ def test_test_time_depth_says_what_the_trained_loop_allows():
 
 
 def test_a_scale_keeps_the_depth_a_preset_sets_even_when_it_equals_the_default():
-    from golf_core.config import ModelConfig, resolve
+    from golf_core.config import ModelConfig
+    from golf_core.settings import resolve
 
     assert ModelConfig().num_layers == 9  # PR #363's 3x3 sets exactly the default depth
     mcfg, _ = resolve(scale="cpu", preset="pr363-3x3", environ={})

@@ -13,8 +13,9 @@ import torch
 
 from conftest import expected, fixture_dir
 from golf_core.compile_policy import AUTO_COMPILE_MIN_STEPS, compile_whole, resolve_compile
-from golf_core.config import ModelConfig, TrainConfig, apply_overrides, from_dict, resolve
+from golf_core.config import ModelConfig, TrainConfig, apply_overrides, from_dict
 from golf_core.model import build_model, preset
+from golf_core.settings import resolve
 
 
 def _pr1204() -> tuple[torch.nn.Module, dict, float]:

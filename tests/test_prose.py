@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import FIXTURES, REPO
-from golf_core import config, experiments, prose
+from golf_core import experiments, prose, settings
 from golf_core.model import build_model
 
 SCALES = ("cpu", "ci", "study")
@@ -103,7 +103,7 @@ def test_flat_vs_looped_states_each_arms_shape_steps_budget_and_seeds(scale, mat
 def test_flat_vs_looped_parameter_counts_are_those_of_the_built_models(matrix, text):
     for label, specs in _by_label(matrix["cpu"], "flat_vs_looped").items():
         s = specs[0]
-        mcfg, _ = config.resolve(scale=s.train_scale, preset=s.preset, environ={},
+        mcfg, _ = settings.resolve(scale=s.train_scale, preset=s.preset, environ={},
                                  sets=dict(s.overrides))
         with _one_thread():
             n = sum(p.numel() for p in build_model(mcfg).parameters())  # a real one, not meta
@@ -171,7 +171,7 @@ def test_depth_states_the_run_its_shape_and_that_the_iteration_embeddings_are_fi
     for phrase in ("7 unique blocks", "K = 3", "8 physical blocks", "10 virtual layers",
                    f"K' = 1 to {MAX_K}"):
         assert phrase in setup, phrase
-    mcfg, _ = config.resolve(scale=spec.train_scale, preset=spec.preset, environ={},
+    mcfg, _ = settings.resolve(scale=spec.train_scale, preset=spec.preset, environ={},
                              sets=dict(spec.overrides))
     with torch.device("meta"):
         model = build_model(mcfg)

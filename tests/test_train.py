@@ -18,10 +18,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from golf_core.config import SCALES, ConfigError, resolve
+from golf_core.config import SCALES, ConfigError
 from golf_core.distributed import plan_batches
 from golf_core.quant import read_artifact_object
 from golf_core.runs import load_run, read_metrics
+from golf_core.settings import resolve
 from golf_core.train import cli, main
 from golf_core.trainer import TrainingError
 from golf_core.upstream_log import parse_upstream_log

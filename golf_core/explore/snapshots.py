@@ -14,6 +14,13 @@ import pandas as pd
 import torch
 
 from golf_core import paths
+from golf_core.analysis import routing_tables
+from golf_core.checkpoint import checkpoint_path, list_checkpoints
+from golf_core.data import load_validation_tokens
+from golf_core.loading import load_model
+from golf_core.model import build_model
+from golf_core.quant import QuantPolicy, quantize_state_dict, recurrence_error
+from golf_core.runs import load_run, variant_label
 
 FINAL = -1  # the step value of a run's final model (final_model.pt)
 FAMILY_LABELS = {
@@ -54,7 +61,6 @@ class Source:
         there. A file: [FINAL] (it is one point)."""
         if self.kind == "file":
             return [FINAL]
-        from golf_core.checkpoint import list_checkpoints
 
         kept = [s for s, _ in list_checkpoints(self.path / "checkpoints")]
         final = [FINAL] if (self.path / "final_model.pt").is_file() else []
@@ -67,8 +73,6 @@ class Source:
 
 
 def run_source(path: str | Path) -> Source:
-    from golf_core.runs import load_run, variant_label
-
     run = load_run(path)
     return Source(Path(path), "run", f"{run.name} ({variant_label(run.model_config)})")
 
@@ -147,8 +151,6 @@ def load_snapshot(source: Source, step: int = FINAL, *, family: str = "auto",
                   config: Mapping[str, Any] | None = None) -> Snapshot:
     """The model of `source` at `step`. `family` (not "auto") and `config` (config fields or
     upstream env names) apply to a weights file; a run brings its own config.json."""
-    from golf_core.loading import load_model
-    from golf_core.runs import load_run
 
     check_family(family)
     check_step(source, step)
@@ -169,8 +171,6 @@ def load_snapshot(source: Source, step: int = FINAL, *, family: str = "auto",
     elif step == 0 and not (source.path / "checkpoints" / "ckpt_000000.pt").is_file():
         model = _initial_model(cfg, int(run.config["train"].get("seed", 1337)))
     else:
-        from golf_core.checkpoint import checkpoint_path
-
         model = load_model(checkpoint_path(source.path / "checkpoints", step), config=cfg)
     return Snapshot(source, step, model, cfg, str(run.config["train"].get("data_path", "")))
 
@@ -178,8 +178,6 @@ def load_snapshot(source: Source, step: int = FINAL, *, family: str = "auto",
 def _initial_model(cfg: Any, seed: int) -> torch.nn.Module:
     """The model as trainer.py builds it before step 1 (seeded as the run was), in eval mode;
     the caller's RNG state is left as it was."""
-    from golf_core.model import build_model
-
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return build_model(cfg).eval()
@@ -190,8 +188,6 @@ def snapshot_tables(snap: Snapshot, *, bits: int = 6, n_seqs: int = 2,
     """routing_tables of the snapshot's model (every key it returns, a family's extras
     included) plus `quant_error` (empty, with the reason in `.attrs["unavailable"]`, for a
     model `recurrence_error` cannot run); stored on `snap.tables` too."""
-    from golf_core.analysis import routing_tables
-
     tables = dict(routing_tables(snap.model, snap.config))
     try:
         tables["quant_error"] = quant_error_table(snap, bits=bits, n_seqs=n_seqs,
@@ -210,8 +206,6 @@ def error_batch(snap: Snapshot, n_seqs: int = 2, seq_len: int = 128
                 ) -> tuple[torch.Tensor, torch.Tensor, str]:
     """(inputs, targets, what): the start of the run's validation split when its shards are
     on this machine, else seeded random token ids (an upstream file brings no data)."""
-    from golf_core.data import load_validation_tokens
-
     if snap.data_path and Path(snap.data_path).is_dir():
         try:
             tokens = load_validation_tokens(snap.data_path, seq_len, n_seqs * seq_len + 1)
@@ -232,8 +226,6 @@ def quant_error_table(snap: Snapshot, *, bits: int = 6, n_seqs: int = 2,
     """Relative hidden-state error after each virtual layer of the model quantized to `bits`
     (every matrix, as notebook 05 does), with `shared` (the block runs more than once) and
     `batch`; the loss gap (nats) is in `.attrs["loss_gap"]`."""
-    from golf_core.quant import QuantPolicy, quantize_state_dict, recurrence_error
-
     x, y, what = error_batch(snap, n_seqs, seq_len)
     model = snap.model
     policy = QuantPolicy(bits=bits, keep_float_max_numel=0)

@@ -14,7 +14,7 @@ import matplotlib
 import pandas as pd
 from matplotlib.figure import Figure
 
-from golf_core import plots
+from golf_core import experiments, plots
 from golf_core.explore.figure import snapshot_figure
 from golf_core.explore.snapshots import (
     FAMILY_LABELS,
@@ -32,6 +32,7 @@ from golf_core.explore.snapshots import (
     run_source,
     snapshot_tables,
 )
+from golf_core.loading import parse_env_config
 
 _CACHE_SIZE = 6  # snapshots kept by an Explorer (a scrub back and forth reloads nothing)
 # B's "no second snapshot" choice: a real option value (ipywidgets shows a Dropdown whose
@@ -49,8 +50,6 @@ def _parse_config(text: str) -> dict[str, Any]:
     if not text.strip():
         return {}
     if not text.lstrip().startswith(("{", "[")):
-        from golf_core.loading import parse_env_config
-
         try:
             return dict(parse_env_config(text))
         except ValueError as e:
@@ -325,8 +324,6 @@ def _default_run(scale: str, data_path: str, tokenizer_path: str) -> Source:
     """The scale's run that is in both the `lanes` and `routing` groups of the report's matrix
     (PR #1204's shape: skips, resid_mix with a repeat, lanes, checkpoints kept): what the
     notebook opens without `run` or `checkpoint`."""
-    from golf_core import experiments
-
     specs = experiments.run_matrix(scale, data_path=data_path, tokenizer_path=tokenizer_path)
     both = [s for s in specs if {"lanes", "routing"} <= set(s.groups)]
     spec = (both or experiments.select(specs, group="routing"))[0]

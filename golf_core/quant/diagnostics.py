@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from golf_core.evaluate import evaluate_bpb
 from golf_core.model import CONTROL_PATTERNS
 from golf_core.quant.codec import (
     QuantPolicy,
@@ -50,7 +51,9 @@ CODE_FILES = (
     "quant/qat.py", "quant/diagnostics.py", "quant/pr363.py", "quant/pr1204.py",
     "data.py", "evaluate.py", "train.py", "runs.py", "checkpoint.py", "distributed.py",
     "compile_policy.py", "data_checks.py", "trainer.py", "finalize.py", "run_start.py",
-    "analysis.py", "flops.py",
+    "analysis.py", "flops.py", "settings.py", "newton_schulz.py", "loading.py",
+    "upstream_log.py", "corpus.py", "model/pr1204_tables.py", "model/pr325_tables.py",
+    "quant/pr325.py",
 )  # fmt: skip
 TENSOR_GROUPS = ("embedding", "attention", "mlp", "controls", "other")
 
@@ -196,8 +199,6 @@ def roundtrip_bpb(
     """Score `model`, then quantize it to `artifact_path`, read the file back, load it into a
     fresh copy and score that (`scheme="upstream"` for upstream's .int8.ptz). `float_result`
     (an `evaluate_bpb` result already computed) skips the first evaluation."""
-    from golf_core.evaluate import evaluate_bpb
-
     kwargs = dict(batch_seqs=batch_seqs, stride=stride, device=device, model_kwargs=model_kwargs)
     before = float_result or evaluate_bpb(model, val_tokens, seq_len, tables, **kwargs)
     sd = model.state_dict()
