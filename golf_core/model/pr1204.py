@@ -1,6 +1,6 @@
 """PR #1204 (parallel residuals + mini depth recurrence, the record; family "pr1204").
 
-Follows `GPT` of ../shared/reference/pr1204_parallel_resid_mini_recur_train_gpt.py
+Follows `GPT` of pr1204_parallel_resid_mini_recur_train_gpt.py
 (openai/parameter-golf PR #1204, records/track_10min_16mb/
 2026-03-31_ParallelResiduals_MiniDepthRecurrence), state-dict names kept so its
 `final_model.pt` loads with `strict=True` (checked against tests/golden/upstream_pr1204).

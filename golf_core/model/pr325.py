@@ -1,7 +1,7 @@
 """PR #325's looped middle-cycle GPT (family "pr325"), with the script's state-dict names.
 
 Source: openai/parameter-golf PR #325, `records/track_non_record_16mb/
-2026-03-21_LoopedTransformerDesign_1.1462/train_gpt.py` (../shared/reference/SOURCE), class
+2026-03-21_LoopedTransformerDesign_1.1462/train_gpt.py` (SOURCE), class
 `GPT`: the model PR #363's 3x3 / 2x5 loop experiments and their flat control ran on. Looped
 (LOOP_CORE_LAYERS > 0 and LOOP_REPEATS > 1, the script's `loop_enabled`), its forward:
 

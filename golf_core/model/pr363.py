@@ -1,7 +1,7 @@
 """PR #363's `RecurrentGPT` (family "pr363"): a few unique blocks cycled to a deeper stack.
 
 Source: openai/parameter-golf PR #363, records/track_non_record_16mb/
-2026-03-21_DepthRecurrence_MixedPrecisionQuant/train_gpt.py (../shared/reference/
+2026-03-21_DepthRecurrence_MixedPrecisionQuant/train_gpt.py (
 pr363_depth_recurrence_train_gpt.py), class `RecurrentGPT`. State-dict names are the script's,
 so its weights load with `strict=True`; its artifact is read by golf_core/quant/pr363.py.
 

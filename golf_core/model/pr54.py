@@ -1,6 +1,6 @@
 """PR #54 (RQZ-Golf v1, family "pr54"): a U-Net of unique blocks, then one block run K times.
 
-Follows `GPT` of ../shared/reference/pr54_rqz_golf_train_gpt.py (openai/parameter-golf PR #54,
+Follows `GPT` of pr54_rqz_golf_train_gpt.py (openai/parameter-golf PR #54,
 records/track_non_record_16mb/rqz_golf_v1), state-dict names kept so its `final_model.pt`
 loads with `strict=True` (checked against tests/golden/upstream_pr54):
 

@@ -1,6 +1,6 @@
 """PR #1204's artifact, `final_model.int6.ptz`: reader -> dequantized, re-banked state dict.
 
-What the record's script (../shared/reference/pr1204_parallel_resid_mini_recur_train_gpt.py,
+What the record's script (pr1204_parallel_resid_mini_recur_train_gpt.py,
 `main` after GPTQ) writes:
 
 1. the state dict un-banked into per-layer matrices: `blocks.{p}.attn.c_q/proj.weight` =

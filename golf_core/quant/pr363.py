@@ -1,7 +1,7 @@
 """Reader of PR #363's artifact (`final_model_submission.ptz`, the fixture's `model.int8.ptz`).
 
 Follows `compress_bytes` / `decompress_bytes` and `dequantize_state_dict_int6` (= its
-`dequantize_state_dict_int8`) of PR #363's train_gpt.py (../shared/reference/
+`dequantize_state_dict_int8`) of PR #363's train_gpt.py (
 pr363_depth_recurrence_train_gpt.py). The file is a 4-byte tag, `ZSTD` (zstandard level 22,
 when installed at export) or `ZLIB` (level 9), then the compressed torch.save of upstream's
 quantized dict: `__quant_format__` "mixed_int8_int6_v1" (its final export: despite the name,
