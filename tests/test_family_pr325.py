@@ -21,9 +21,9 @@ from golf_core.model.pr325 import (
     IDENTIFYING_KEYS,
     Model,
     config_from_state_dict,
-    read_artifact,
 )
 from golf_core.optim import build_optimizers, group_parameters
+from golf_core.quant.pr325 import read_artifact
 
 FIXTURE = "upstream_pr325"
 # the constructor arguments that are sizes (the rest are the architecture options)
