@@ -27,25 +27,6 @@ from golf_core.paths import CONFIG, FINAL_MODEL, SUMMARY
 from golf_core.quant import load_artifact
 
 
-def infer_baseline_config(state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """Size fields of an upstream baseline state dict, read off its tensor shapes."""
-    sd = state_dict
-    if "tok_emb.weight" not in sd or "blocks.0.attn.q_gain" not in sd:
-        return {}
-    vocab, dim = sd["tok_emb.weight"].shape
-    heads = sd["blocks.0.attn.q_gain"].numel()
-    head_dim = dim // heads
-    return {
-        "vocab_size": int(vocab),
-        "model_dim": int(dim),
-        "num_layers": len({k.split(".")[1] for k in sd if k.startswith("blocks.")}),
-        "num_heads": int(heads),
-        "num_kv_heads": int(sd["blocks.0.attn.c_k.weight"].shape[0] // head_dim),
-        "mlp_mult": int(sd["blocks.0.mlp.fc.weight"].shape[0] // dim),
-        "tie_embeddings": "lm_head.weight" not in sd,
-    }
-
-
 def _env_keys(config: dict, source: str) -> dict[str, Any]:
     """Field names from a dict of field names or upstream env names (`NUM_LAYERS`)."""
     by_env = {env_name(f): f for f in ModelConfig.__dataclass_fields__}
@@ -63,10 +44,8 @@ def _config_for(config: ModelConfig | dict | None, sd: dict, source: str,
     if isinstance(config, ModelConfig):
         return config
     keys = _env_keys(config or {}, f"load_model config for {source}")
-    if family == "golf":
-        cfg = apply_overrides(ModelConfig(), infer_baseline_config(sd), source=f"{source} shapes")
-        return apply_overrides(cfg, keys, source="load_model config")
-    base = apply_overrides(preset(family), keys, source="load_model config")
+    published = preset(family) if family != "golf" else ModelConfig()
+    base = apply_overrides(published, keys, source="load_model config")
     try:
         return family_module(family).config_from_state_dict(sd, base)
     except ValueError as e:

@@ -253,7 +253,7 @@ def test_a_model_the_error_diagnostic_cannot_run_keeps_its_other_panels(runs, mo
     def broken(*_args, **_kw):
         raise RuntimeError("Error(s) in loading state_dict")
 
-    monkeypatch.setattr("golf_core.quant.recurrence_error", broken)
+    monkeypatch.setattr("golf_core.explore.snapshots.recurrence_error", broken)
     snap = explore.load_snapshot(explore.run_source(runs["looped"]))
     tables = explore.snapshot_tables(snap)
     assert tables["quant_error"].empty and len(tables["resid_mix"]) == 15

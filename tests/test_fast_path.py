@@ -79,10 +79,14 @@ def test_the_compiled_model_gives_the_scripts_loss_and_eagers_gradients(family):
     assert fast == pytest.approx(want, rel=1e-5)  # the PR's script's number
     assert fast == pytest.approx(eager, rel=1e-6)
     assert fast_grads.keys() == eager_grads.keys() and fast_grads
+    # fp32 rounding of reordered reductions: a per-layer scale's gradient sums B x T x d
+    # products, and the compiled kernels sum them in another order than eager does (PR
+    # #1204's ve_layer_scales measured 1.2e-4 on a Zen 5 CPU, under 1e-4 on others); a wiring
+    # error shows as O(1)
     for name, g in eager_grads.items():
         scale = g.abs().max().clamp_min(1e-12)
         err = ((fast_grads[name] - g).abs().max() / scale).item()
-        assert err < 1e-4, f"{name}: compiled gradient off by {err:.2e} of its max"
+        assert err < 5e-4, f"{name}: compiled gradient off by {err:.2e} of its max"
 
 
 def test_auto_compiles_a_published_family_whole_and_our_gpt_by_blocks():

@@ -11,7 +11,8 @@ import torch
 
 from conftest import expected, fixture_dir
 from golf_core.config import ConfigError
-from golf_core.loading import infer_baseline_config, load_model
+from golf_core.loading import load_model
+from golf_core.model.gpt import config_from_state_dict
 from golf_core.runs import RunLog, default_run_name, list_runs, load_run, read_metrics
 from golf_core.upstream_log import ROUTING_COLUMNS, parse_upstream_log
 
@@ -94,10 +95,11 @@ def test_upstream_state_dict_loads_with_shapes_read_from_the_tensors():
     d = fixture_dir("upstream_baseline")
     exp = expected("upstream_baseline")
     sd = torch.load(d / "state_dict.pt", weights_only=True)
-    inferred = infer_baseline_config(sd)
+    inferred = config_from_state_dict(sd)
     for key in ("vocab_size", "num_layers", "model_dim", "num_heads", "num_kv_heads", "mlp_mult",
                 "tie_embeddings"):
-        assert inferred[key] == exp["config"][key], key
+        assert getattr(inferred, key) == exp["config"][key], key
+    assert inferred.variant == "unet"
     batch = torch.load(d / "batch.pt", weights_only=True)
     x, y = (batch[k] for k in sorted(batch) if k.startswith("input") or k.startswith("target"))
     model = load_model(d / "state_dict.pt")
@@ -133,7 +135,8 @@ def test_list_runs_marks_unfinished_runs_and_reads_finished_summaries(tmp_path):
     for name, summary in (("a_unet_s1", {"steps": 5, "val_bpb": 2.5}), ("b_unet_s2", None)):
         run = tmp_path / name
         run.mkdir()
-        cfg = {"model": {"recur_layers": [1], "num_layers": 3}, "train": {"seed": 7, "tag": "t"}}
+        cfg = {"model": {"family": "pr1204", "recur_layers": [1], "num_layers": 3},
+               "train": {"seed": 7, "tag": "t"}}
         (run / "config.json").write_text(json.dumps(cfg))
         (run / "metrics.jsonl").write_text(
             '{"kind": "train", "step": 3, "train_loss": 4.0}\n'
@@ -146,7 +149,7 @@ def test_list_runs_marks_unfinished_runs_and_reads_finished_summaries(tmp_path):
     assert df["complete"].tolist() == [True, False]
     assert df["val_bpb"].tolist() == [2.5, 2.9]  # summary, else the last val row
     assert df["steps"].tolist() == [5, 3]
-    assert df["variant"].tolist() == ["unet+mini", "unet+mini"]
+    assert df["variant"].tolist() == ["pr1204", "pr1204"]
     run = load_run(tmp_path / "b_unet_s2")
     assert not run.complete and isinstance(run.metrics, pd.DataFrame)
     assert run.curve("val")["val_bpb"].tolist() == [2.9]  # the torn last line is skipped
