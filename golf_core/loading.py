@@ -113,13 +113,13 @@ def load_model(
     sd, run_cfg = _weights(path)
     sd = {k.removeprefix("_orig_mod."): v for k, v in sd.items()}  # torch.compile'd
     family = detect_family(sd)
+    if family == "golf" and not any(k.startswith("blocks.") for k in sd):
+        raise ValueError(f"{path}: no model family recognised in its {len(sd)} keys (first: "
+                         f"{', '.join(list(sd)[:3]) or 'none'}); expected {_expected_keys()}")
     if config is None and run_cfg is not None:
         mcfg = from_dict(ModelConfig, run_cfg["model"], source=str(path / CONFIG))
     else:
         mcfg = _config_for(config, sd, str(path), family)
-    if family == "golf" and not any(k.startswith("blocks.") for k in sd):
-        raise ValueError(f"{path}: no model family recognised in its {len(sd)} keys (first: "
-                         f"{', '.join(list(sd)[:3]) or 'none'}); expected {_expected_keys()}")
     model = build_model(mcfg)
     if hasattr(model, "set_recurrence_active"):
         model.set_recurrence_active(_recurrence_flag(path, mcfg))
