@@ -129,7 +129,7 @@ class GPT(nn.Module):
         decoder_start = len(self.blocks) - self.num_decoder_layers
         for i, block in enumerate(self.blocks):
             j = i - decoder_start
-            if self.num_decoder_layers and 0 <= j < self.num_skips:
+            if 0 <= j < self.num_skips:
                 w = self.skip_weights[j].to(x.dtype)[None, None, :]
                 x = torch.addcmul(x, w, skips.pop())
             x = block(x, x0)
