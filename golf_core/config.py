@@ -135,6 +135,16 @@ class ModelConfig:
     # ---- end PR #1204
 
 
+# The baseline block above: upstream's GPT hyperparameters, which every family's script has too
+# (PR #363's RecurrentGPT reads its depth from its own fields, not num_layers). Each family
+# module lists the fields its model reads (CONFIG_FIELDS); golf_core.settings.resolve refuses
+# a --set value for a field the chosen family does not read.
+BASELINE_FIELDS: tuple[str, ...] = (
+    "vocab_size", "num_layers", "model_dim", "num_heads", "num_kv_heads", "mlp_mult",
+    "tie_embeddings", "tied_embed_init_std", "logit_softcap", "rope_base", "qk_gain_init",
+)  # fmt: skip
+
+
 # Fields of the simplified looped/rqz/mini/parallel shapes this project once had beside the
 # published families, with the only value any kept model ran them at. A stored config
 # (config.json of a committed run) may carry them at these values; run names hash them in, so a

@@ -23,6 +23,7 @@ from golf_core.config import (
     env_overrides,
     split_overrides,
 )
+from golf_core.model.families import config_fields, refuse_unread
 from golf_core.model.presets import preset as make_preset
 from golf_core.model.presets import preset_overrides
 
@@ -83,7 +84,10 @@ def resolve(
     dataclass defaults < `scale` (SCALES) and `preset` (golf_core.model.preset; a preset's own
     keys win over the scale's) < `config` (flat or {"model", "train"} sections) < upstream env
     vars in `environ` (os.environ when None) < `sets` (CLI --set, papermill). Unknown keys,
-    scales and bad values raise ConfigError naming them and their source.
+    scales and bad values raise ConfigError naming them and their source; so does a --set
+    value for a model field the family does not read (its CONFIG_FIELDS; a config file may
+    carry every field, as a run's config.json does).
+    Env vars of fields the family does not read are ignored, as its script ignores them.
     """
     if scale is not None and scale not in SCALES:
         raise ConfigError(f"--scale: unknown scale {scale!r} (known: {', '.join(SCALES)})")
@@ -92,10 +96,15 @@ def resolve(
     tcfg = apply_overrides(TrainConfig(), scale_train, source="--scale")
     if config:
         m, t = _layered(config, config_source)
-        mcfg = apply_overrides(mcfg, m, source=config_source)
+        mcfg = apply_overrides(mcfg, m, source=config_source)  # a run's config.json has all
         tcfg = apply_overrides(tcfg, t, source=config_source)
-    for k, v in env_overrides(ModelConfig, environ).items():  # one by one: errors name the var
-        mcfg = apply_overrides(mcfg, {k: v}, source=f"environment {env_name(k)}")
+    env = env_overrides(ModelConfig, environ)
+    if "family" in env:
+        mcfg = apply_overrides(mcfg, {"family": env.pop("family")}, source="environment FAMILY")
+    reads = set(config_fields(mcfg.family))
+    for k, v in env.items():  # one by one: errors name the var
+        if k in reads:  # like the family's script, which never looks at the others' variables
+            mcfg = apply_overrides(mcfg, {k: v}, source=f"environment {env_name(k)}")
     for k, v in env_overrides(TrainConfig, environ).items():
         tcfg = apply_overrides(tcfg, {k: v}, source=f"environment {env_name(k)}")
     if sets:
@@ -103,6 +112,19 @@ def resolve(
             m, t = split_overrides(sets)
         except ConfigError as e:
             raise ConfigError(f"--set: {e}") from None
-        mcfg = apply_overrides(mcfg, m, source="--set")
+        mcfg = _apply_model(mcfg, m, "--set")
         tcfg = apply_overrides(tcfg, t, source="--set")
     return mcfg, tcfg
+
+
+def _apply_model(mcfg: ModelConfig, overrides: Mapping[str, Any], source: str) -> ModelConfig:
+    """`mcfg` with `overrides` applied; a value for a field the resulting family does not
+    read is refused (it would rename the run and change nothing it trains)."""
+    out = apply_overrides(mcfg, overrides, source=source)
+    try:
+        refuse_unread(mcfg, out, source)
+    except ValueError as e:  # an unknown family: the model's own message
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(f"{source}: {e}") from None
+    return out

@@ -13,6 +13,8 @@ its script's state-dict names exactly, so an upstream `final_model.pt` loads wit
   dict[str, DataFrame]`, `core_modules() -> list[nn.Module]` (what runs more than once: QAT
   "core"), `parameter_counts() -> dict` (total, unique, shared, unrolled, physical_layers,
   effective_depth), `matmul_params_per_token() -> int` and `attention_layers() -> int` (FLOPs);
+- `CONFIG_FIELDS`: the ModelConfig fields its model (and training) reads, its script's
+  hyperparameters; settings.resolve refuses a --set value for any other;
 - `IDENTIFYING_KEYS`: state-dict key prefixes only this family has;
 - `PRESETS`: preset name -> ModelConfig overrides (including `family`);
 - `config_from_state_dict(state_dict, base) -> ModelConfig`: `base` with the sizes the tensor
@@ -29,7 +31,7 @@ from types import ModuleType
 
 from torch import Tensor, nn
 
-from golf_core.config import ModelConfig
+from golf_core.config import ConfigError, ModelConfig
 from golf_core.model import gpt, pr54, pr325, pr363, pr1204
 
 # Detection asks the published families in this order and takes the first whose keys the
@@ -87,3 +89,23 @@ def control_patterns() -> tuple[str, ...]:
     for module in FAMILY_MODULES.values():
         pats += [p for p in module.CONTROL_PATTERNS if p not in pats]
     return tuple(pats + [p for p in _EXPORT_FLOAT_EXTRA if p not in pats])
+
+
+def config_fields(family: str) -> tuple[str, ...]:
+    """The ModelConfig fields family `family` reads ("family" itself included)."""
+    return ("family", *family_module(family).CONFIG_FIELDS)
+
+
+def refuse_unread(before: ModelConfig, after: ModelConfig, source: str) -> None:
+    """ConfigError when the settings layer `source` (--set, papermill) turned `before`
+    into `after` by changing a field that `after`'s family does not read: that value would
+    change the run's name and nothing it trains."""
+    reads = set(config_fields(after.family))
+    changed = [f for f in ModelConfig.__dataclass_fields__
+               if f not in reads and getattr(before, f) != getattr(after, f)]
+    if not changed:
+        return
+    owners = {f: [fam for fam in FAMILIES if f in config_fields(fam)] for f in changed}
+    said = ", ".join(f"{f} ({' / '.join(owners[f]) or 'no family'}'s)" for f in changed)
+    raise ConfigError(f"{source}: family {after.family} does not read {said}; it reads "
+                      f"{', '.join(config_fields(after.family)[1:])}")

@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from golf_core.config import ModelConfig
+from golf_core.config import BASELINE_FIELDS, ModelConfig
 from golf_core.model.depth import LayerSchedule
 from golf_core.model.layers import (
     CONTROL_PATTERNS,
@@ -44,6 +44,8 @@ from golf_core.model.tables import (
 FAMILY = "golf"
 PR = 0  # upstream's baseline, no PR
 SOURCE = "train_gpt.py"
+# The ModelConfig fields this model reads: upstream's Hyperparameters, plus our two options
+CONFIG_FIELDS: tuple[str, ...] = (*BASELINE_FIELDS, "variant", "skip_init")
 VARIANTS = ("flat", "unet")
 SKIP_INITS = ("ones", "zeros")
 IDENTIFYING_KEYS: tuple[str, ...] = ()  # the baseline is what no published family's keys say

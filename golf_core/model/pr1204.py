@@ -56,7 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from golf_core.config import ModelConfig
+from golf_core.config import BASELINE_FIELDS, ModelConfig
 from golf_core.model.extras import (
     BigramHash,
     SmearGate,
@@ -80,6 +80,15 @@ from golf_core.model.pr1204_tables import RoutingTables
 FAMILY = "pr1204"
 PR = 1204
 SOURCE = "pr1204_parallel_resid_mini_recur_train_gpt.py"
+# The ModelConfig fields this model and its training read (its script's Hyperparameters, env
+# var = upper case; skip_gated / smear_gate are our ablation switches, on as the script has them)
+CONFIG_FIELDS: tuple[str, ...] = (
+    *BASELINE_FIELDS, "recur_layers", "recur_start_step", "recur_start_frac",
+    "parallel_start_layer", "xsa_last_n", "bigram_vocab_size", "bigram_dim", "rope_dims",
+    "ln_scale", "ve_enabled", "ve_dim", "ve_layers", "negative_slope", "disable_layer0_attn",
+    "repeat_untie_mlp", "repeat_untie_mlp_layers", "parallel_residual",
+    "parallel_start_layer_is_physical", "canon_ac_layers", "skip_gated", "smear_gate",
+)
 
 BANKS = ("qo_bank", "kv_bank", "mlp_up_bank", "mlp_down_bank")
 IDENTIFYING_KEYS: tuple[str, ...] = BANKS

@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from golf_core.config import ModelConfig
+from golf_core.config import BASELINE_FIELDS, ModelConfig
 from golf_core.model.extras import (
     BigramHash,
     SmearGate,
@@ -64,6 +64,13 @@ from golf_core.model.pr325_tables import RoutingTables
 FAMILY = "pr325"
 PR = 325
 SOURCE = "pr325_looped_middle_cycle_train_gpt.py"
+# The ModelConfig fields this model reads (its script's Hyperparameters, env var = upper case)
+CONFIG_FIELDS: tuple[str, ...] = (
+    *BASELINE_FIELDS, "xsa_last_n", "bigram_vocab_size", "bigram_dim", "rope_dims", "ln_scale",
+    "loop_core_layers", "loop_repeats", "loop_repeat_embed", "loop_attn_every",
+    "refine_mlp_mult", "refine_local_mix", "loop_adapter_dim", "backout_layer", "backout_init",
+    "mtp_num_heads", "mtp_loss_weight",
+)
 # the looped model's module lists; a flat one (LOOP_CORE_LAYERS=0) has only `blocks.*`, which
 # SmearGate's gate tells from ours (families.py asks PR #1204, which has one too, first)
 IDENTIFYING_KEYS = ("stem_blocks.", "loop_blocks.", "refine_blocks.", "tail_blocks.",

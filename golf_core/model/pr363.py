@@ -38,7 +38,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from golf_core.config import ModelConfig
+from golf_core.config import BASELINE_FIELDS, ModelConfig
 from golf_core.model.depth import LayerSchedule, VirtualLayer
 from golf_core.model.extras import xsa
 from golf_core.model.layers import (
@@ -64,6 +64,12 @@ from golf_core.model.tables import (
 FAMILY = "pr363"
 PR = 363
 SOURCE = "pr363_depth_recurrence_train_gpt.py"
+# The ModelConfig fields this model reads (its script's Hyperparameters): its depth is
+# NUM_UNIQUE_BLOCKS / EFFECTIVE_DEPTH (num_layers unread), its BigramHash rows BIGRAM_BUCKETS
+CONFIG_FIELDS: tuple[str, ...] = (
+    *(f for f in BASELINE_FIELDS if f != "num_layers"), "xsa_last_n", "bigram_dim",
+    "num_unique_blocks", "effective_depth", "depth_lora_rank", "bigram_buckets",
+)
 
 # depth_adapters only exist with DEPTH_LORA_RANK > 0; bigram_emb always (PR #325 and #1204
 # name theirs bigram.embed)

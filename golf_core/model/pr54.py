@@ -39,7 +39,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from golf_core.config import ModelConfig
+from golf_core.config import BASELINE_FIELDS, ModelConfig
 from golf_core.model.layers import (
     Block,
     CastedLinear,
@@ -60,6 +60,11 @@ from golf_core.model.tables import (
 FAMILY = "pr54"
 PR = 54
 SOURCE = "pr54_rqz_golf_train_gpt.py"
+# The ModelConfig fields this model reads (its script's Hyperparameters; num_layers is the
+# plain baseline's depth when either recurrence field is 0)
+CONFIG_FIELDS: tuple[str, ...] = (
+    *BASELINE_FIELDS, "num_unique_layers", "num_recurrent_passes", "eval_recurrent_passes",
+)
 
 # only PR #54's state dict has the iteration embeddings
 IDENTIFYING_KEYS: tuple[str, ...] = ("iter_embeds",)
