@@ -439,14 +439,14 @@ def prepare_data(scale: str = "cpu", *, data_path: str = "") -> pd.DataFrame:
             files = data.shard_files(data_path, split)
             rows.append({"split": split, "shards": len(files),
                          "tokens": sum(data.read_shard(f).numel() for f in files),
-                         "path": str(data_path)})
+                         "path": paths.shown(data_path)})
         return pd.DataFrame(rows)
     corpus = _corpus_subset(cfg["corpus_docs"]) if cfg["corpus_docs"] else None
     out = dataset_dir(scale)
     manifest = prepare(corpus, out, val_docs=cfg["val_docs"], quiet=True)
     return pd.DataFrame([{"split": s, "documents": manifest["docs"][s],
                           "shards": len(manifest["shards"][s]), "tokens": manifest["tokens"][s],
-                          "corpus": manifest["corpus"], "path": str(out)}
+                          "corpus": paths.shown(manifest["corpus"]), "path": paths.shown(out)}
                          for s in ("train", "val")])
 
 

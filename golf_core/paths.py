@@ -21,6 +21,17 @@ def project_root() -> Path:
 PROJECT_ROOT = project_root()
 
 
+def shown(path: str | Path) -> str:
+    """`path` as a table shows it: relative to the project root (or the repository) when
+    under it, so a rendered page names no machine's directories even where a table cuts long
+    strings short (where the page's own path scrubbing cannot find them)."""
+    p = Path(path)
+    for root in (project_root(), Path(__file__).resolve().parent.parent):
+        if p.is_relative_to(root):
+            return str(p.relative_to(root))
+    return str(p)
+
+
 def data_dir() -> Path:
     return project_root() / "data"
 
