@@ -44,12 +44,16 @@ $(VENV)/.installed: pyproject.toml
 lint: venv
 	$(VENV)/bin/ruff check .
 
-# The whole suite, slow end-to-end tests included (CI runs this).
+# The whole suite, slow end-to-end tests included (CI runs this), on one pytest-xdist worker
+# per core (tests/conftest.py pins each worker to its core and keeps shared fixtures on one
+# worker).
+# TEST_WORKERS=0 runs it in this process, in collection order.
+TEST_WORKERS ?= auto
 test: lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --durations=15
 
 test-fast: lint
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n $(TEST_WORKERS) -m "not slow"
 
 data: venv
 	$(PY) -m golf_core.data prepare

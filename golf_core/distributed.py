@@ -95,8 +95,17 @@ def pick_autocast(device: torch.device, preference: str,
     return precision.pick_autocast(device, preference, shape)
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS tells it)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # no sched_getaffinity (macOS)
+        return os.cpu_count() or 1
+
+
 def pick_cpu_threads(requested: int, local_world: int) -> tuple[int, str]:
-    """torch threads for one CPU process: `requested`, or the node's cores split among its
+    """torch threads for one CPU process: `requested`, or the cores this process may run on
+    (its affinity: taskset, a cgroup's cpuset, a pinned test worker) split among the node's
     processes (torch's default of one thread per core in every process oversubscribes the
     cores under torchrun, and an oversubscribed 2-core VM ran 3-17x slower: see
     benchmarks/results/optimizations.md)."""
@@ -104,7 +113,7 @@ def pick_cpu_threads(requested: int, local_world: int) -> tuple[int, str]:
         raise ConfigError(f"threads: {requested} must be >= 0 (0 = automatic)")
     if requested:
         return requested, f"threads={requested} requested"
-    cores = os.cpu_count() or 1
+    cores = usable_cores()
     n = max(1, cores // max(local_world, 1))
     return n, f"auto: {cores} cores / {local_world} process(es) on this node"
 

@@ -58,3 +58,58 @@ def ci_report(tmp_path_factory):
                           cwd=REPO, env=report_env(root), capture_output=True, text=True,
                           timeout=900)
     return root, proc
+
+
+# --- Running the suite on several workers (`make test` runs `pytest -n auto`, pytest-xdist) ---
+# Each worker is pinned to its own share of the cores, so torch in the worker and in every
+# process it starts (training subprocesses, torchrun, notebook kernels) takes that share's
+# threads (golf_core.distributed.usable_cores): two workers of two threads each on a 2-core
+# machine would oversubscribe it (3-17x slower, benchmarks/results/optimizations.md).
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")  # "gw0", "gw1", ... under xdist
+if _WORKER and hasattr(os, "sched_setaffinity"):
+    _cores = sorted(os.sched_getaffinity(0))
+    _count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    _share = _cores[int(_WORKER[2:]) % _count::_count] if _count <= len(_cores) else []
+    if _share:
+        os.sched_setaffinity(0, _share)
+        import torch
+
+        torch.set_num_threads(len(_share))
+
+# Tests sharing an expensive fixture run on one worker: a module's tests share its module
+# fixtures, and the report tests and the browser test share the ci report. Each whole-model
+# compile of test_fast_path is its own group, so the compiles spread over the workers. (xdist's
+# own `--dist loadgroup` reads its marks off a node id that pytest 9 no longer carries, so the
+# groups are handed to xdist's scope scheduler here.)
+_SHARED_GROUPS = {"test_report": "ci_report", "test_browser": "ci_report"}
+_SPLIT_MODULES = {"test_fast_path"}
+
+
+def _group(nodeid: str) -> str:
+    stem = Path(nodeid.split("::", 1)[0]).stem
+    return nodeid if stem in _SPLIT_MODULES else _SHARED_GROUPS.get(stem, stem)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """xdist's scope scheduler over the groups above, in collection order (the groups with
+    slow tests first, see below) instead of its largest-group-first order."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _group(nodeid)
+
+    config.option.loadscopereorder = False
+    return GroupScheduling(config, log)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The groups holding slow tests first, so the longest work starts at once instead of
+    after the quick tests (a shorter wall time on several workers)."""
+    groups: dict[str, list] = {}
+    for item in items:
+        groups.setdefault(_group(item.nodeid), []).append(item)
+    slow = [g for g, its in groups.items() if any(i.get_closest_marker("slow") for i in its)]
+    rest = [g for g in groups if g not in slow]
+    items[:] = [item for g in slow + rest for item in groups[g]]

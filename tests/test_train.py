@@ -412,7 +412,7 @@ def test_the_export_threshold_quantizes_small_matrices_and_qat_follows_it(tmp_pa
 def test_cpu_threads_split_the_cores_among_the_processes_of_a_node():
     from golf_core.distributed import pick_cpu_threads
 
-    cores = os.cpu_count() or 1
+    cores = len(os.sched_getaffinity(0))  # the cores this process may use
     assert pick_cpu_threads(0, 1)[0] == cores
     assert pick_cpu_threads(0, cores * 2)[0] == 1
     assert pick_cpu_threads(3, 2) == (3, "threads=3 requested")
