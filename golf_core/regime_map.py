@@ -57,6 +57,7 @@ def runs_table(root: str | Path | None = None) -> pd.DataFrame:
             continue
         summary = json.loads((run / "summary.json").read_text())
         cfg = json.loads((run / "config.json").read_text())
+        env = json.loads((run / "env.json").read_text()) if (run / "env.json").is_file() else {}
         params = summary.get("params", {})
         rows.append({
             "run": run.name, "size": m["size"], "pair": m["pair"], "rung": float(m["rung"]),
@@ -67,6 +68,7 @@ def runs_table(root: str | Path | None = None) -> pd.DataFrame:
             "artifact_bytes": summary.get("artifact_bytes", float("nan")),
             "tokens": summary["tokens_seen"], "steps": summary["steps"],
             "train_seconds": summary.get("train_seconds", float("nan")),
+            "started": env.get("started", ""), "cpu": env.get("device_name", ""),
         })  # fmt: skip
     table = pd.DataFrame(rows)
     if table.empty:
@@ -264,17 +266,64 @@ def predictions(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _rung_key(ratio: float) -> float:
+    """A rung as its run names spell it (Rung.label: three significant digits, 14.14 -> 14.1)."""
+    return float(f"{ratio:.3g}")
+
+
 def status(table: pd.DataFrame) -> dict[str, int]:
     """Runs finished of the ladder's total, and rungs with every seed of every arm."""
-    want = {(r.size, r.pair, round(r.ratio, 2)): len(r.arms) * len(regime.seeds_for(r.size,
-                                                                                      r.ratio))
+    want = {(r.size, r.pair, _rung_key(r.ratio)): len(r.arms) * len(regime.seeds_for(r.size,
+                                                                                     r.ratio))
             for r in regime.rungs()}
     done = 0
     if not table.empty:
         per = table.groupby(["size", "pair", "rung"])["run"].count()
-        done = sum(int(n >= want.get((k[0], k[1], round(k[2], 2)), 2)) for k, n in per.items())
+        done = sum(int(n >= want[(k[0], k[1], _rung_key(k[2]))]) for k, n in per.items()
+                   if (k[0], k[1], _rung_key(k[2])) in want)
     return {"runs": len(table), "of_runs": sum(want.values()), "complete_rungs": done,
             "of_rungs": len(want)}
+
+
+def pace(table: pd.DataFrame, recent: int = 10, jobs: int = 2) -> dict[str, float]:
+    """What is left of the ladder: runs and planned training FLOPs finished and left, and the
+    hours left with `jobs` runs at a time at the pace of the `recent` last-started finished
+    runs (planned FLOPs over train_seconds, median; as they ran, beside whatever else the
+    machine did, so a planning figure, not a speed measurement)."""
+    planned = {(r.size, r.pair, _rung_key(r.ratio), arm): r.flops[arm]
+               for r in regime.rungs() for arm in r.arms}
+    want = {(r.size, r.pair, _rung_key(r.ratio), arm, seed)
+            for r in regime.rungs() for arm in r.arms for seed in regime.seeds_for(r.size,
+                                                                                   r.ratio)}
+    done = set() if table.empty else {
+        (s, p, _rung_key(r), a, int(sd)) for s, p, r, a, sd in
+        zip(table["size"], table["pair"], table["rung"], table["arm"], table["seed"])}
+    left = want - done
+    flops_done = sum(planned[k[:4]] for k in want & done)
+    flops_left = sum(planned[k[:4]] for k in left)
+    rate = float("nan")
+    if not table.empty:
+        last = table.sort_values("started").tail(recent)
+        per_run = [planned[(s, p, _rung_key(r), a)] / t for s, p, r, a, t in
+                   zip(last["size"], last["pair"], last["rung"], last["arm"],
+                       last["train_seconds"]) if t and t > 0]
+        rate = float(np.median(per_run)) if per_run else rate
+    return {"runs_done": len(want & done), "runs_left": len(left), "flops_done": flops_done,
+            "flops_left": flops_left, "flops_per_s_per_run": rate,
+            "hours_left": flops_left / (rate * jobs) / 3600 if rate == rate else rate}
+
+
+def pace_markdown(table: pd.DataFrame) -> str:
+    """`pace` in a sentence (notebook 09, `python -m golf_core.regime_map`)."""
+    p = pace(table)
+    text = (f"{p['runs_done']} runs finished, {p['runs_left']} left: {p['flops_left']:.3g} of "
+            f"{p['flops_done'] + p['flops_left']:.3g} planned training FLOPs.")
+    if p["runs_left"] and p["hours_left"] == p["hours_left"]:
+        cpu = table.sort_values("started")["cpu"].iloc[-1] or "this machine"
+        text += (f" At the pace of the last finished runs ({p['flops_per_s_per_run']:.3g} "
+                 f"FLOP/s a run on {cpu}, as they ran) that is ~{p['hours_left']:.0f} h with two "
+                 "runs at a time.")
+    return text
 
 
 def headline(table: pd.DataFrame) -> str:
@@ -388,3 +437,15 @@ def plan_markdown_rows(corpus_tokens: int | None = None) -> pd.DataFrame:
     plan["epochs"] = plan["tokens"] / corpus if corpus else float("nan")
     plan["over_4_epochs"] = plan["epochs"] > 4
     return plan
+
+
+def main() -> int:
+    """`python -m golf_core.regime_map`: the map in sentences and what is left to run."""
+    table = runs_table()
+    print(headline(table))
+    print(pace_markdown(table))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -163,3 +163,32 @@ def test_a_nearly_flat_bootstrap_line_is_a_far_crossover_not_an_overflow():
     assert regime_map._root(1.0, -1e-9) > 1e300  # -a/b = 1e9: math.exp would overflow
     assert regime_map._root(0.02, -0.01) == pytest.approx(math.exp(2))
     assert regime_map._root(0.02, 0.0) == math.inf and regime_map._root(-0.02, 0.01) == math.inf
+
+
+def test_status_and_pace_count_rungs_as_their_run_names_spell_them(tmp_path):
+    """Run names spell a rung with three digits (D/N 14.14 -> r14.1): a rung is complete only
+    with every seed of every arm, and what is left is priced at the plan's FLOPs."""
+    top = regime.rung("A", "records", max(regime.RUNGS["A"]))
+    mid = regime.rung("A", "records", regime.RUNGS["A"][2])  # 14.14: spelled r14.1
+    for r, seeds in ((mid, (1337,)), (top, regime.seeds_for("A", top.ratio))):
+        for seed in seeds:
+            for arm in r.arms:
+                run = tmp_path / f"regime-{r.label}-{arm}-s{seed}-abcdef"
+                run.mkdir()
+                (run / "config.json").write_text(json.dumps({"model": {"model_dim": 32}}))
+                (run / "summary.json").write_text(json.dumps({
+                    "val_bpb": 2.0, "tokens_seen": 1, "steps": 1, "params": {"total": 1},
+                    "train_seconds": r.flops[arm] / 1e9}))  # 1 GFLOP/s a run
+                (run / "env.json").write_text(json.dumps({
+                    "started": f"2026-12-02T{seed % 24:02d}:00:00", "device_name": "CPU X"}))
+    runs = regime_map.runs_table(tmp_path)
+    st = regime_map.status(runs)
+    assert st["complete_rungs"] == 1  # the top rung; one seed of D/N 14 is not the rung
+    p = regime_map.pace(runs)
+    done = sum(top.flops.values()) * len(regime.seeds_for("A", top.ratio)) + sum(
+        mid.flops.values())
+    assert p["runs_done"] == st["runs"] == len(runs)
+    assert p["flops_done"] == pytest.approx(done)
+    assert p["flops_per_s_per_run"] == pytest.approx(1e9)
+    assert p["hours_left"] == pytest.approx(p["flops_left"] / 2e9 / 3600)
+    assert "~" in regime_map.pace_markdown(runs) and "CPU X" in regime_map.pace_markdown(runs)
