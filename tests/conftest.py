@@ -72,6 +72,9 @@ if _WORKER and hasattr(os, "sched_setaffinity"):
     _share = _cores[int(_WORKER[2:]) % _count::_count] if _count <= len(_cores) else []
     if _share:
         os.sched_setaffinity(0, _share)
+        # inductor's parallel C++ compiles on one pinned core only add their pool's overhead
+        # (a cold compile of PR #54's model: 151 s with one compile thread, 162 s with two)
+        os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", str(len(_share)))
         import torch
 
         torch.set_num_threads(len(_share))
