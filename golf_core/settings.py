@@ -101,7 +101,10 @@ def resolve(
     env = env_overrides(ModelConfig, environ)
     if "family" in env:
         mcfg = apply_overrides(mcfg, {"family": env.pop("family")}, source="environment FAMILY")
-    reads = set(config_fields(mcfg.family))
+    try:
+        reads = set(config_fields(mcfg.family))
+    except ValueError as e:  # an unknown family, from the config file or FAMILY
+        raise ConfigError(f"family: {e}") from None
     for k, v in env.items():  # one by one: errors name the var
         if k in reads:  # like the family's script, which never looks at the others' variables
             mcfg = apply_overrides(mcfg, {k: v}, source=f"environment {env_name(k)}")

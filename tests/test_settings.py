@@ -102,3 +102,11 @@ def test_every_committed_run_config_resolves_as_a_config_file_to_the_model_it_ra
         stored = json.loads(path.read_text())
         mcfg, _ = resolve(config=stored, environ={}, config_source=str(path))
         assert mcfg == from_dict(ModelConfig, stored["model"], source=str(path)), path
+
+
+def test_an_unknown_family_is_a_config_error_naming_the_known_ones():
+    for kwargs in ({"config": {"family": "pr999"}, "environ": {}},
+                   {"environ": {"FAMILY": "pr999"}},
+                   {"environ": {}, "sets": {"family": "pr999"}}):
+        with pytest.raises(ConfigError, match=r"unknown model family 'pr999'; choose one of golf"):
+            resolve(**kwargs)
