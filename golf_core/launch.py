@@ -24,6 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from golf_core import experiments, regime
+from golf_core.distributed import usable_cores
 from golf_core.experiments import RunSpec
 
 REPO = Path(__file__).resolve().parent.parent
@@ -105,7 +106,7 @@ def launch(specs: Sequence[RunSpec], *, nproc: int = 1, jobs: int = 1,
             rows[i] = {**_row(spec), "status": "skipped: complete", "seconds": 0.0}
         else:
             todo.append(i)
-    threads = max(1, len(os.sched_getaffinity(0)) // (jobs * nproc)) if jobs > 1 else 0
+    threads = max(1, usable_cores() // (jobs * nproc)) if jobs > 1 else 0
     lock = threading.Lock()
     failures: list[BaseException] = []
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -271,11 +272,30 @@ def _rung_key(ratio: float) -> float:
     return float(f"{ratio:.3g}")
 
 
+def _plan() -> tuple[dict[tuple, float], set[tuple]]:
+    """The ladder's plan keyed as run names spell rungs: planned training FLOPs per (size,
+    pair, rung, arm), and every (size, pair, rung, arm, seed) it trains."""
+    planned, wanted = {}, set()
+    for r in regime.rungs():
+        key = (r.size, r.pair, _rung_key(r.ratio))
+        for arm in r.arms:
+            planned[(*key, arm)] = r.flops[arm]
+            wanted |= {(*key, arm, seed) for seed in regime.seeds_for(r.size, r.ratio)}
+    return planned, wanted
+
+
+def _finished(table: pd.DataFrame) -> set[tuple]:
+    """(size, pair, rung, arm, seed) of every run in `table`."""
+    if table.empty:
+        return set()
+    return {(s, p, _rung_key(r), a, int(sd)) for s, p, r, a, sd in
+            zip(table["size"], table["pair"], table["rung"], table["arm"], table["seed"])}
+
+
 def status(table: pd.DataFrame) -> dict[str, int]:
     """Runs finished of the ladder's total, and rungs with every seed of every arm."""
-    want = {(r.size, r.pair, _rung_key(r.ratio)): len(r.arms) * len(regime.seeds_for(r.size,
-                                                                                     r.ratio))
-            for r in regime.rungs()}
+    _, wanted = _plan()
+    want = Counter(k[:3] for k in wanted)  # runs a rung needs
     done = 0
     if not table.empty:
         per = table.groupby(["size", "pair", "rung"])["run"].count()
@@ -290,16 +310,9 @@ def pace(table: pd.DataFrame, recent: int = 10, jobs: int = 2) -> dict[str, floa
     hours left with `jobs` runs at a time at the pace of the `recent` last-started finished
     runs (planned FLOPs over train_seconds, median; as they ran, beside whatever else the
     machine did, so a planning figure, not a speed measurement)."""
-    planned = {(r.size, r.pair, _rung_key(r.ratio), arm): r.flops[arm]
-               for r in regime.rungs() for arm in r.arms}
-    want = {(r.size, r.pair, _rung_key(r.ratio), arm, seed)
-            for r in regime.rungs() for arm in r.arms for seed in regime.seeds_for(r.size,
-                                                                                   r.ratio)}
-    done = set() if table.empty else {
-        (s, p, _rung_key(r), a, int(sd)) for s, p, r, a, sd in
-        zip(table["size"], table["pair"], table["rung"], table["arm"], table["seed"])}
-    left = want - done
-    flops_done = sum(planned[k[:4]] for k in want & done)
+    planned, wanted = _plan()
+    done = _finished(table) & wanted
+    left = wanted - done
     flops_left = sum(planned[k[:4]] for k in left)
     rate = float("nan")
     if not table.empty:
@@ -308,9 +321,10 @@ def pace(table: pd.DataFrame, recent: int = 10, jobs: int = 2) -> dict[str, floa
                    zip(last["size"], last["pair"], last["rung"], last["arm"],
                        last["train_seconds"]) if t and t > 0]
         rate = float(np.median(per_run)) if per_run else rate
-    return {"runs_done": len(want & done), "runs_left": len(left), "flops_done": flops_done,
-            "flops_left": flops_left, "flops_per_s_per_run": rate,
-            "hours_left": flops_left / (rate * jobs) / 3600 if rate == rate else rate}
+    return {"runs_done": len(done), "runs_left": len(left),
+            "flops_done": sum(planned[k[:4]] for k in done), "flops_left": flops_left,
+            "flops_per_s_per_run": rate, "jobs": jobs,
+            "hours_left": flops_left / (rate * jobs) / 3600}
 
 
 def pace_markdown(table: pd.DataFrame) -> str:
@@ -318,11 +332,11 @@ def pace_markdown(table: pd.DataFrame) -> str:
     p = pace(table)
     text = (f"{p['runs_done']} runs finished, {p['runs_left']} left: {p['flops_left']:.3g} of "
             f"{p['flops_done'] + p['flops_left']:.3g} planned training FLOPs.")
-    if p["runs_left"] and p["hours_left"] == p["hours_left"]:
+    if p["runs_left"] and not math.isnan(p["hours_left"]):
         cpu = table.sort_values("started")["cpu"].iloc[-1] or "this machine"
         text += (f" At the pace of the last finished runs ({p['flops_per_s_per_run']:.3g} "
-                 f"FLOP/s a run on {cpu}, as they ran) that is ~{p['hours_left']:.0f} h with two "
-                 "runs at a time.")
+                 f"FLOP/s a run on {cpu}, as they ran) that is ~{p['hours_left']:.0f} h with "
+                 f"{p['jobs']} runs at a time.")
     return text
 
 

@@ -101,10 +101,7 @@ def resolve(
     env = env_overrides(ModelConfig, environ)
     if "family" in env:
         mcfg = apply_overrides(mcfg, {"family": env.pop("family")}, source="environment FAMILY")
-    try:
-        reads = set(config_fields(mcfg.family))
-    except ValueError as e:  # an unknown family, from the config file or FAMILY
-        raise ConfigError(f"family: {e}") from None
+    reads = _family_fields(mcfg.family, "family")  # from the config file or FAMILY
     for k, v in env.items():  # one by one: errors name the var
         if k in reads:  # like the family's script, which never looks at the others' variables
             mcfg = apply_overrides(mcfg, {k: v}, source=f"environment {env_name(k)}")
@@ -124,10 +121,14 @@ def _apply_model(mcfg: ModelConfig, overrides: Mapping[str, Any], source: str) -
     """`mcfg` with `overrides` applied; a value for a field the resulting family does not
     read is refused (it would rename the run and change nothing it trains)."""
     out = apply_overrides(mcfg, overrides, source=source)
-    try:
-        refuse_unread(mcfg, out, source)
-    except ValueError as e:  # an unknown family: the model's own message
-        if isinstance(e, ConfigError):
-            raise
-        raise ConfigError(f"{source}: {e}") from None
+    _family_fields(out.family, source)  # an unknown family, before the fields are compared
+    refuse_unread(mcfg, out, source)
     return out
+
+
+def _family_fields(family: str, source: str) -> set[str]:
+    """The fields `family` reads; an unknown family is a ConfigError naming `source`."""
+    try:
+        return set(config_fields(family))
+    except ValueError as e:  # the model package's message, listing the known families
+        raise ConfigError(f"{source}: {e}") from None
