@@ -26,6 +26,7 @@ endif
 # Keep tool caches inside the repo's ignored folders (CI runs with a clean HOME).
 export MPLCONFIGDIR := $(CURDIR)/.cache/matplotlib
 export TORCHINDUCTOR_CACHE_DIR := $(CURDIR)/.cache/inductor
+export GOLF_KERNEL_CACHE := $(CURDIR)/.cache/kernels
 export IPYTHONDIR := $(CURDIR)/.cache/ipython
 export JUPYTER_RUNTIME_DIR := $(CURDIR)/.cache/jupyter/runtime
 export PYTHONUNBUFFERED := 1

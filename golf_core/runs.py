@@ -41,7 +41,7 @@ from golf_core.analysis import routing_tables
 from golf_core.checkpoint import list_checkpoints
 from golf_core.config import ConfigError, ModelConfig, from_dict, parse_set_args, save_json
 from golf_core.loading import load_model
-from golf_core.model import count_parameters
+from golf_core.model import attention_kernel, count_parameters
 from golf_core.paths import (  # noqa: F401  (a run directory's file names, used from here)
     ARTIFACT_REPORT,
     CONFIG,
@@ -140,6 +140,7 @@ def env_info(device: torch.device, world_size: int, extra: dict[str, Any] | None
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
         else cpu_name(),
         "cpu_isa": cpu_isa(),
+        "attention": attention_kernel.kernel_mode() if device.type == "cpu" else "sdpa",
         "cpu_threads": torch.get_num_threads(),
         "world_size": world_size,
         "started": datetime.now().isoformat(timespec="seconds"),

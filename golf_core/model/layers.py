@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from golf_core.config import ModelConfig
+from golf_core.model import attention_kernel
 
 # Name substrings of control tensors: Adam (never Muon), fp32 passthrough in the int8 export.
 # Upstream's CONTROL_TENSOR_NAME_PATTERNS; each family adds its own (families.control_patterns).
@@ -263,13 +264,17 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     T, Dh) k, v, as every family's attention calls it. Under CPU autocast it runs in fp32
     where `golf_core.precision` measured the bf16 CPU kernel slower on this machine
     (`cpu_attention_fp32`); the result comes back in q's dtype, so what follows sees the same
-    types either way. Elsewhere (fp32, CUDA) it is the plain call."""
+    types either way. On the CPU in fp32 with small heads it is our kernel
+    (`golf_core.model.attention_kernel`, same values to fp32 rounding); elsewhere (CUDA, other
+    shapes, GOLF_ATTENTION=sdpa) the plain call."""
     gqa = k.size(1) != q.size(1)
     if cpu_attention_fp32() and q.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
         with torch.autocast("cpu", enabled=False):
             y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(),
                                                is_causal=True, enable_gqa=gqa)
         return y.to(q.dtype)
+    if attention_kernel.applies(q, k, v):
+        return attention_kernel.attention(q, k, v)
     return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
 
 

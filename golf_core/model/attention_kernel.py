@@ -1,0 +1,223 @@
+"""Causal attention for small heads on the CPU (fp32): our C++ kernel (csrc/causal_attention.cpp)
+as a torch custom op with its own backward, the fast path `layers.causal_attention` takes where
+it applies; PyTorch's `scaled_dot_product_attention` stays the faithful path it is tested
+against (tests/test_attention_kernel.py) and the fallback everywhere else.
+
+Where it applies: CPU tensors, all fp32 outside autocast, head dim 8 / 16 / 32 / 64, sequence
+length a multiple of 16 up to 2,048, query heads a multiple of the key/value heads (GQA). At the
+study's shapes PyTorch's flash kernel runs such heads at ~14% of a core's FMA peak (see
+benchmarks/README.md for what this one gives).
+
+The kernel is compiled on first use with the machine's C++ compiler (`$CXX`, else g++, -O3
+-march=native -fopenmp) into `$GOLF_KERNEL_CACHE` (default ~/.cache/golf-recurrence/kernels),
+keyed by the source, the flags and the CPU, under a temporary name then renamed, so concurrent
+processes never load a half-written library. No compiler, or a failed build: the faithful path,
+with one warning. `GOLF_ATTENTION=sdpa` (or `use_kernel(False)`) turns the kernel off.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+SOURCE = Path(__file__).parent / "csrc" / "causal_attention.cpp"
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
+HEAD_DIMS = (8, 16, 32, 64)
+MAX_SEQ_LEN = 512  # two T x T fp32 buffers a thread (2 MB at 512); at 1,024 they outgrow L2 and
+# the kernel measured slower than PyTorch's (benchmarks/README.md)
+
+_MODES = ("auto", "sdpa")
+_mode = os.environ.get("GOLF_ATTENTION", "auto").strip().lower() or "auto"
+if _mode not in _MODES:
+    raise ValueError(f"GOLF_ATTENTION={_mode!r}: expected one of {', '.join(_MODES)}")
+_lib: ctypes.CDLL | None = None
+_tried = False
+
+
+def use_kernel(on: bool) -> None:
+    """Switch the kernel on (where it applies) or off (PyTorch's attention everywhere)."""
+    global _mode
+    _mode = "auto" if on else "sdpa"
+
+
+def kernel_mode() -> str:
+    """'kernel' when calls that fit it run our kernel, else 'sdpa' (switched off, or no
+    build): what a run records in env.json."""
+    return "kernel" if _mode == "auto" and _available() else "sdpa"
+
+
+def _cpu_key() -> str:
+    try:
+        flags = next((ln for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                      if ln.startswith(("flags", "Features"))), "")
+    except OSError:
+        flags = ""
+    return platform.machine() + flags
+
+
+def _cache_dir() -> Path:
+    env = os.environ.get("GOLF_KERNEL_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "golf-recurrence" / "kernels"
+
+
+def _build() -> Path | None:
+    named = os.environ.get("CXX")
+    cxx = shutil.which(named) if named else shutil.which("g++") or shutil.which("c++")
+    if not cxx:
+        what = f"CXX={named!r} not found" if named else "no C++ compiler (g++, c++; set CXX)"
+        warnings.warn(f"golf_core attention kernel: {what}; using PyTorch's attention",
+                      stacklevel=3)
+        return None
+    src = SOURCE.read_bytes()
+    key = hashlib.sha256(src + " ".join((cxx, *FLAGS)).encode() + _cpu_key().encode())
+    out = _cache_dir() / f"causal_attention_{key.hexdigest()[:16]}.so"
+    if out.exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=out.stem, suffix=".so.tmp", dir=out.parent)
+    os.close(fd)
+    try:
+        proc = subprocess.run([cxx, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True,
+                              text=True)
+        if proc.returncode != 0:
+            last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+            warnings.warn(f"golf_core attention kernel: {cxx} failed on {SOURCE.name} ({last});"
+                          " using PyTorch's attention", stacklevel=3)
+            return None
+        os.replace(tmp, out)
+        return out
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _library() -> ctypes.CDLL | None:
+    """The built kernel (built on the first call), or None where it cannot be built."""
+    global _lib, _tried
+    if not _tried:
+        _tried = True
+        path = _build()
+        if path is not None:
+            lib = ctypes.CDLL(str(path))
+            i64, f32p, flt, cint = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float, ctypes.c_int
+            lib.golf_attention_forward.argtypes = (
+                [f32p, i64, i64, i64] * 4 + [f32p] + [i64] * 5 + [flt, cint])
+            lib.golf_attention_backward.argtypes = (
+                [f32p] * 10 + [i64] * 5 + [flt, cint])
+            lib.golf_attention_forward.restype = lib.golf_attention_backward.restype = cint
+            _lib = lib
+    return _lib
+
+
+@torch._dynamo.assume_constant_result
+def _available() -> bool:
+    """Whether the kernel is built (building it on the first call); a constant to dynamo, so
+    a compiled model traces no build and no ctypes."""
+    return _library() is not None
+
+
+def applies(q: Tensor, k: Tensor, v: Tensor) -> bool:
+    """Whether `attention(q, k, v)` runs our kernel for these inputs (see the module doc)."""
+    if _mode != "auto" or q.device.type != "cpu" or q.dim() != 4:
+        return False
+    if any(t.dtype != torch.float32 for t in (q, k, v)) or torch.is_autocast_enabled("cpu"):
+        return False
+    B, H, T, D = q.shape
+    if D not in HEAD_DIMS or T % 16 or T > MAX_SEQ_LEN or k.shape != v.shape:
+        return False
+    if k.shape[0] != B or k.shape[2:] != q.shape[2:] or H % k.shape[1]:
+        return False
+    return _available()
+
+
+def _strides(t: Tensor) -> list[int]:
+    return [t.stride(0), t.stride(1), t.stride(2)]
+
+
+def _rows(t: Tensor) -> Tensor:  # the kernel reads rows with a contiguous last dim
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _scale(D: int) -> float:
+    return 1.0 / D**0.5
+
+
+@torch.library.custom_op("golf::causal_attention", mutates_args=())
+def _forward(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    q, k, v = _rows(q), _rows(k), _rows(v)
+    B, H, T, D = q.shape
+    o = q.new_empty((B, T, H, D)).transpose(1, 2)  # (B, H, T, D) view, as SDPA lays it out
+    lse = q.new_empty((B, H, T))
+    lib = _library()
+    assert lib is not None, "golf::causal_attention called without the kernel"
+    rc = lib.golf_attention_forward(
+        q.data_ptr(), *_strides(q), k.data_ptr(), *_strides(k), v.data_ptr(), *_strides(v),
+        o.data_ptr(), *_strides(o), lse.data_ptr(), B, H, k.shape[1], T, D, _scale(D),
+        torch.get_num_threads())
+    assert rc == 0, f"golf::causal_attention: head dim {D} not built"
+    return o, lse
+
+
+@_forward.register_fake
+def _(q, k, v):
+    B, H, T, D = q.shape
+    return q.new_empty((B, T, H, D)).transpose(1, 2), q.new_empty((B, H, T))
+
+
+@torch.library.custom_op("golf::causal_attention_backward", mutates_args=())
+def _backward(q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor,
+              grad: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    q, k, v, o, grad = _rows(q), _rows(k), _rows(v), _rows(o), _rows(grad)
+    lse = lse.contiguous()
+    B, H, T, D = q.shape
+    dq, dk, dv = q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+    strides = [s for t in (q, k, v, o, grad, dq, dk, dv) for s in _strides(t)]
+    arr = (ctypes.c_int64 * len(strides))(*strides)
+    lib = _library()
+    assert lib is not None, "golf::causal_attention_backward called without the kernel"
+    rc = lib.golf_attention_backward(
+        ctypes.addressof(arr), q.data_ptr(), k.data_ptr(), v.data_ptr(), o.data_ptr(),
+        grad.data_ptr(), lse.data_ptr(), dq.data_ptr(), dk.data_ptr(), dv.data_ptr(),
+        B, H, k.shape[1], T, D, _scale(D), torch.get_num_threads())
+    assert rc == 0, f"golf::causal_attention_backward: head dim {D} not built"
+    return dq, dk, dv
+
+
+@_backward.register_fake
+def _(q, k, v, o, lse, grad):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v = inputs
+    o, lse = output
+    ctx.save_for_backward(q, k, v, o, lse)
+
+
+def _grad(ctx, grad_o, grad_lse):
+    q, k, v, o, lse = ctx.saved_tensors
+    return _backward(q, k, v, o, lse, grad_o)
+
+
+_forward.register_autograd(_grad, setup_context=_setup_context)
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Causal softmax attention of (B, H, T, Dh) q over (B, H_kv, T, Dh) k, v (H a multiple
+    of H_kv) by our kernel; call only where `applies(q, k, v)`. Same values as
+    `F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=H != H_kv)` to fp32
+    rounding, and its gradients likewise."""
+    return _forward(q, k, v)[0]
