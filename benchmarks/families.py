@@ -40,7 +40,7 @@ from benchmarks.flops import measured_matmul_peak
 from benchmarks.run import RESULTS, _table, _write_json, machine_info
 from golf_core.compile_policy import apply_compile
 from golf_core.flops import flops_per_token
-from golf_core.model import build_model, preset
+from golf_core.model import attention_kernel, build_model, preset
 from golf_core.runs import machine_slug
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
@@ -219,9 +219,11 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_info(torch.device("cpu"))
     result = {"machine": machine, "threads": torch.get_num_threads(), "tokens": args.tokens,
               "seq_len": SEQ_LEN, "optimizer": "Adam (every parameter)", "dtype": "float32",
-              "peak_flops": peak, "loadavg_before": load0, "loadavg_after": os.getloadavg(),
+              "attention": attention_kernel.kernel_mode(), "peak_flops": peak, "loadavg_before": load0, "loadavg_after": os.getloadavg(),
               "rows": rows}  # fmt: skip
-    slug = machine_slug(machine["device_name"])
+    # the CPU's own vector ISA in the name: one model name ("AMD EPYC") has come with AVX-512 on
+    # one machine and AVX2 on another, and their results must not overwrite each other
+    slug = f"{machine_slug(machine['device_name'])}-{torch.backends.cpu.get_cpu_capability()}"
     out = Path(args.out) if args.out else RESULTS / f"{slug}_families.json"
     _write_json(result, out)
     print(f"\nwrote {out}")
