@@ -219,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_info(torch.device("cpu"))
     result = {"machine": machine, "threads": torch.get_num_threads(), "tokens": args.tokens,
               "seq_len": SEQ_LEN, "optimizer": "Adam (every parameter)", "dtype": "float32",
-              "attention": attention_kernel.kernel_mode(), "peak_flops": peak, "loadavg_before": load0, "loadavg_after": os.getloadavg(),
+              "attention": attention_kernel.kernel_mode(), "peak_flops": peak,
+              "loadavg_before": load0, "loadavg_after": os.getloadavg(),
               "rows": rows}  # fmt: skip
     # the CPU's own vector ISA in the name: one model name ("AMD EPYC") has come with AVX-512 on
     # one machine and AVX2 on another, and their results must not overwrite each other
