@@ -41,7 +41,7 @@ from golf_core.analysis import routing_tables
 from golf_core.checkpoint import list_checkpoints
 from golf_core.config import ConfigError, ModelConfig, from_dict, parse_set_args, save_json
 from golf_core.loading import load_model
-from golf_core.model import attention_kernel, count_parameters
+from golf_core.model import attention_kernel, count_parameters, softcap_ce_kernel
 from golf_core.paths import (  # noqa: F401  (a run directory's file names, used from here)
     ARTIFACT_REPORT,
     CONFIG,
@@ -141,6 +141,7 @@ def env_info(device: torch.device, world_size: int, extra: dict[str, Any] | None
         else cpu_name(),
         "cpu_isa": cpu_isa(),
         "attention": attention_kernel.kernel_mode() if device.type == "cpu" else "sdpa",
+        "cross_entropy": softcap_ce_kernel.kernel_mode() if device.type == "cpu" else "torch",
         "cpu_threads": torch.get_num_threads(),
         "world_size": world_size,
         "started": datetime.now().isoformat(timespec="seconds"),

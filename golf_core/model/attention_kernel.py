@@ -4,34 +4,26 @@ it applies; PyTorch's `scaled_dot_product_attention` stays the faithful path it 
 against (tests/test_attention_kernel.py) and the fallback everywhere else.
 
 Where it applies: CPU tensors, all fp32 outside autocast, head dim 8 / 16 / 32 / 64, sequence
-length a multiple of 16 up to 2,048, query heads a multiple of the key/value heads (GQA). At the
-study's shapes PyTorch's flash kernel runs such heads at ~14% of a core's FMA peak (see
-benchmarks/README.md for what this one gives).
+length a multiple of 16 up to 512 (MAX_SEQ_LEN), query heads a multiple of the key/value heads
+(GQA). At the study's shapes PyTorch's flash kernel runs such heads at ~14% of a core's FMA
+peak (see benchmarks/README.md for what this one gives).
 
-The kernel is compiled on first use with the machine's C++ compiler (`$CXX`, else g++, -O3
--march=native -fopenmp) into `$GOLF_KERNEL_CACHE` (default ~/.cache/golf-recurrence/kernels),
-keyed by the source, the flags and the CPU, under a temporary name then renamed, so concurrent
-processes never load a half-written library. No compiler, or a failed build: the faithful path,
-with one warning. `GOLF_ATTENTION=sdpa` (or `use_kernel(False)`) turns the kernel off.
+The kernel is compiled on first use (`golf_core.model.cpu_build`: the machine's C++ compiler,
+cached per source and CPU in `$GOLF_KERNEL_CACHE`). No compiler, or a failed build: the faithful
+path, with one warning. `GOLF_ATTENTION=sdpa` (or `use_kernel(False)`) turns the kernel off.
 """
 
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
-import platform
-import shutil
-import subprocess
-import tempfile
-import warnings
-from pathlib import Path
 
 import torch
 from torch import Tensor
 
-SOURCE = Path(__file__).parent / "csrc" / "causal_attention.cpp"
-FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
+from golf_core.model import cpu_build
+
+SOURCE = cpu_build.CSRC / "causal_attention.cpp"
 HEAD_DIMS = (8, 16, 32, 64)
 MAX_SEQ_LEN = 512  # two T x T fp32 buffers a thread (2 MB at 512); at 1,024 they outgrow L2 and
 # the kernel measured slower than PyTorch's (benchmarks/README.md)
@@ -56,60 +48,12 @@ def kernel_mode() -> str:
     return "kernel" if _mode == "auto" and _available() else "sdpa"
 
 
-def _cpu_key() -> str:
-    try:
-        flags = next((ln for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                      if ln.startswith(("flags", "Features"))), "")
-    except OSError:
-        flags = ""
-    return platform.machine() + flags
-
-
-def _cache_dir() -> Path:
-    env = os.environ.get("GOLF_KERNEL_CACHE")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "golf-recurrence" / "kernels"
-
-
-def _build() -> Path | None:
-    named = os.environ.get("CXX")
-    cxx = shutil.which(named) if named else shutil.which("g++") or shutil.which("c++")
-    if not cxx:
-        what = f"CXX={named!r} not found" if named else "no C++ compiler (g++, c++; set CXX)"
-        warnings.warn(f"golf_core attention kernel: {what}; using PyTorch's attention",
-                      stacklevel=3)
-        return None
-    src = SOURCE.read_bytes()
-    key = hashlib.sha256(src + " ".join((cxx, *FLAGS)).encode() + _cpu_key().encode())
-    out = _cache_dir() / f"causal_attention_{key.hexdigest()[:16]}.so"
-    if out.exists():
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=out.stem, suffix=".so.tmp", dir=out.parent)
-    os.close(fd)
-    try:
-        proc = subprocess.run([cxx, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True,
-                              text=True)
-        if proc.returncode != 0:
-            last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-            warnings.warn(f"golf_core attention kernel: {cxx} failed on {SOURCE.name} ({last});"
-                          " using PyTorch's attention", stacklevel=3)
-            return None
-        os.replace(tmp, out)
-        return out
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _library() -> ctypes.CDLL | None:
     """The built kernel (built on the first call), or None where it cannot be built."""
     global _lib, _tried
     if not _tried:
         _tried = True
-        path = _build()
+        path = cpu_build.build(SOURCE, "attention kernel", "attention")
         if path is not None:
             lib = ctypes.CDLL(str(path))
             i64, f32p, flt, cint = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float, ctypes.c_int

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from golf_core.config import ModelConfig
-from golf_core.model import attention_kernel
+from golf_core.model import attention_kernel, softcap_ce_kernel
 
 # Name substrings of control tensors: Adam (never Muon), fp32 passthrough in the int8 export.
 # Upstream's CONTROL_TENSOR_NAME_PATTERNS; each family adds its own (families.control_patterns).
@@ -240,8 +240,11 @@ class _SoftcapCrossEntropy(torch.autograd.Function):
 
 
 def softcap_cross_entropy(logits: Tensor, target: Tensor, cap: float) -> Tensor:
-    """F.cross_entropy(cap * tanh(logits / cap), target) for (N, V) logits, through
-    `_SoftcapCrossEntropy` when they are fp32 (other dtypes: the autograd ops)."""
+    """F.cross_entropy(cap * tanh(logits / cap), target) for (N, V) logits: on the CPU in fp32
+    our one-pass kernel (`golf_core.model.softcap_ce_kernel`, same values to fp32 rounding),
+    else `_SoftcapCrossEntropy` when they are fp32 (other dtypes: the autograd ops)."""
+    if softcap_ce_kernel.applies(logits, target):
+        return softcap_ce_kernel.softcap_cross_entropy(logits, target, cap)
     if logits.dtype == torch.float32:
         return _SoftcapCrossEntropy.apply(logits, target, cap)
     return F.cross_entropy((cap * torch.tanh(logits / cap)).float(), target, reduction="mean")

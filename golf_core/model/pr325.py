@@ -58,7 +58,13 @@ from golf_core.model.extras import (
     shift_right,
     xsa,
 )
-from golf_core.model.layers import CastedLinear, causal_attention, rms_norm, zero_init
+from golf_core.model.layers import (
+    CastedLinear,
+    causal_attention,
+    rms_norm,
+    softcap_cross_entropy,
+    zero_init,
+)
 from golf_core.model.pr325_tables import RoutingTables
 
 FAMILY = "pr325"
@@ -443,23 +449,28 @@ class Model(RoutingTables, nn.Module):
         the final norm (and the backout, if on). Length = effective depth."""
         return self._backbone(input_ids, num_iters, collect=True)[:-1]
 
-    def _logits(self, head: nn.Module | None, x: Tensor) -> Tensor:
-        logits = F.linear(x, self.tok_emb.weight.to(x.dtype)) if head is None else head(x)
-        return self.cfg.logit_softcap * torch.tanh(logits / self.cfg.logit_softcap)
+    def _raw_logits(self, head: nn.Module | None, x: Tensor) -> Tensor:
+        return F.linear(x, self.tok_emb.weight.to(x.dtype)) if head is None else head(x)
+
+    def _loss(self, head: nn.Module | None, x: Tensor, target: Tensor) -> Tensor:
+        """The script's F.cross_entropy(softcapped logits .float(), target), through
+        `layers.softcap_cross_entropy` (fused on fp32 logits; other dtypes in the script's
+        order)."""
+        logits = self._raw_logits(head, x).flatten(0, 1)
+        return softcap_cross_entropy(logits, target.flatten(), self.cfg.logit_softcap)
 
     def forward(
         self, input_ids: Tensor, target_ids: Tensor | None = None, *, num_iters: int | None = None
     ) -> Tensor:
         x = rms_norm(self._backbone(input_ids, num_iters, collect=False)[-1])  # final norm
-        logits = self._logits(self.lm_head, x)  # (B, T, V)
-        if target_ids is None:
-            return logits
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), target_ids.flatten())
+        if target_ids is None:  # softcapped logits (B, T, V)
+            cap = self.cfg.logit_softcap
+            return cap * torch.tanh(self._raw_logits(self.lm_head, x) / cap)
+        loss = self._loss(self.lm_head, x, target_ids)
         if not (self.training and len(self.mtp_heads) and self.cfg.mtp_loss_weight > 0):
             return loss
         terms = [  # MTP head k: target k + 1 steps further on, from the same position
-            F.cross_entropy(self._logits(h, x[:, : x.size(1) - k - 1]).flatten(0, 1).float(),
-                            target_ids[:, k + 1 :].flatten())
+            self._loss(h, x[:, : x.size(1) - k - 1], target_ids[:, k + 1 :])
             for k, h in enumerate(self.mtp_heads) if x.size(1) > k + 1
         ]  # fmt: skip
         return loss + self.cfg.mtp_loss_weight * torch.stack(terms).mean() if terms else loss

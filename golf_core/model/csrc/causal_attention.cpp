@@ -22,52 +22,9 @@
 
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <vector>
 
-typedef float v8 __attribute__((vector_size(32)));
-typedef float v8u __attribute__((vector_size(32), aligned(4)));
-typedef int32_t i8v __attribute__((vector_size(32)));
-
-static inline v8 ld(const float* p) { return *reinterpret_cast<const v8u*>(p); }
-static inline void st(float* p, v8 x) { *reinterpret_cast<v8u*>(p) = x; }
-static inline v8 splat(float x) { return v8{x, x, x, x, x, x, x, x}; }
-static inline float hsum(v8 x) {
-  return ((x[0] + x[4]) + (x[1] + x[5])) + ((x[2] + x[6]) + (x[3] + x[7]));
-}
-static inline float hmax(v8 x) {
-  float m = x[0];
-  for (int k = 1; k < 8; ++k) m = x[k] > m ? x[k] : m;
-  return m;
-}
-
-// exp of 8 floats (Cephes' expf: range reduction by ln 2, degree-5 polynomial; ~1 ulp).
-// Inputs here are scale * s - max <= 0; below -87.3 the result is clamped near 1e-38.
-static inline v8 vexp(v8 x) {
-  const v8 lo = splat(-87.3f), hi = splat(88.3f);
-  x = x < lo ? lo : x;
-  x = x > hi ? hi : x;
-  v8 fx = x * 1.44269504088896341f + 0.5f;
-  i8v n = __builtin_convertvector(fx, i8v);  // truncates toward zero
-  v8 fn = __builtin_convertvector(n, v8);
-  i8v gt = fn > fx;  // floor: one less where truncation rounded up
-  n = n + gt;        // gt is -1 where true
-  fn = __builtin_convertvector(n, v8);
-  x = x - fn * 0.693359375f;
-  x = x - fn * -2.12194440e-4f;
-  v8 z = x * x;
-  v8 y = splat(1.9875691500E-4f);
-  y = y * x + 1.3981999507E-3f;
-  y = y * x + 8.3334519073E-3f;
-  y = y * x + 4.1665795894E-2f;
-  y = y * x + 1.6666665459E-1f;
-  y = y * x + 5.0000001201E-1f;
-  y = y * z + x + 1.0f;
-  i8v e = (n + 127) << 23;
-  v8 pow2;
-  std::memcpy(&pow2, &e, sizeof(pow2));
-  return y * pow2;
-}
+#include "simd.h"
 
 namespace {
 

@@ -1,0 +1,119 @@
+"""Cross-entropy of tanh-softcapped logits on the CPU (fp32): our C++ kernel
+(csrc/softcap_cross_entropy.cpp) as a torch custom op, the fast path `layers.softcap_cross_entropy`
+takes where it applies; `F.cross_entropy(cap * tanh(x / cap), y)` as the scripts write it stays
+the faithful path it is tested against (tests/test_softcap_ce_kernel.py) and the fallback
+everywhere else.
+
+One pass over each row computes the row's loss and its gradient together (the loss is the last
+node of a training graph, so the backward only scales the stored gradient by the incoming one);
+tanh and exp are polynomial approximations within a few ulp (`csrc/simd.h`).
+
+Where it applies: CPU, fp32 (N, V) logits with V a multiple of 8, int64 targets, outside
+autocast. Targets must lie in [0, V): unlike F.cross_entropy there is no ignore_index (no family
+uses one), and an out-of-range target is an error. Built on first use like the attention kernel
+(`golf_core.model.cpu_build`). `GOLF_CROSS_ENTROPY=torch` (or `use_kernel(False)`) turns it off.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+import torch
+from torch import Tensor
+
+from golf_core.model import cpu_build
+
+SOURCE = cpu_build.CSRC / "softcap_cross_entropy.cpp"
+
+_MODES = ("auto", "torch")
+_mode = os.environ.get("GOLF_CROSS_ENTROPY", "auto").strip().lower() or "auto"
+if _mode not in _MODES:
+    raise ValueError(f"GOLF_CROSS_ENTROPY={_mode!r}: expected one of {', '.join(_MODES)}")
+_lib: ctypes.CDLL | None = None
+_tried = False
+
+
+def use_kernel(on: bool) -> None:
+    """Switch the kernel on (where it applies) or off (PyTorch's ops everywhere)."""
+    global _mode
+    _mode = "auto" if on else "torch"
+
+
+def kernel_mode() -> str:
+    """'kernel' when calls that fit it run our kernel, else 'torch': what a run records."""
+    return "kernel" if _mode == "auto" and _available() else "torch"
+
+
+def _library() -> ctypes.CDLL | None:
+    global _lib, _tried
+    if not _tried:
+        _tried = True
+        path = cpu_build.build(SOURCE, "cross-entropy kernel", "cross-entropy")
+        if path is not None:
+            lib = ctypes.CDLL(str(path))
+            i64, ptr = ctypes.c_int64, ctypes.c_void_p
+            lib.golf_softcap_cross_entropy.argtypes = (
+                [ptr, i64, ptr, i64, i64, ctypes.c_float, ptr, ptr, ctypes.c_int])
+            lib.golf_softcap_cross_entropy.restype = ctypes.c_int
+            _lib = lib
+    return _lib
+
+
+@torch._dynamo.assume_constant_result
+def _available() -> bool:
+    """Whether the kernel is built (building it on the first call); a constant to dynamo."""
+    return _library() is not None
+
+
+def applies(logits: Tensor, target: Tensor) -> bool:
+    """Whether `softcap_cross_entropy(logits, target, cap)` runs our kernel for these inputs."""
+    if _mode != "auto" or logits.device.type != "cpu" or logits.dim() != 2:
+        return False
+    if logits.dtype != torch.float32 or target.dtype != torch.int64:
+        return False
+    if torch.is_autocast_enabled("cpu") or logits.size(1) % 8 or target.shape != logits.shape[:1]:
+        return False
+    return _available()
+
+
+@torch.library.custom_op("golf::softcap_cross_entropy", mutates_args=())
+def _forward(logits: Tensor, target: Tensor, cap: float) -> tuple[Tensor, Tensor]:
+    logits = logits if logits.stride(-1) == 1 else logits.contiguous()
+    target = target.contiguous()
+    N, V = logits.shape
+    loss, grad = logits.new_empty(N), logits.new_empty((N, V))
+    lib = _library()
+    assert lib is not None, "golf::softcap_cross_entropy called without the kernel"
+    rc = lib.golf_softcap_cross_entropy(
+        logits.data_ptr(), logits.stride(0), target.data_ptr(), N, V, cap, loss.data_ptr(),
+        grad.data_ptr(), torch.get_num_threads())
+    if rc == -1:
+        bad = target[(target < 0) | (target >= V)][0].item()
+        raise IndexError(f"softcap cross-entropy: target {bad} is outside the vocabulary [0, {V})")
+    assert rc == 0, f"golf::softcap_cross_entropy: vocabulary {V} is not a multiple of 8"
+    return loss, grad
+
+
+@_forward.register_fake
+def _(logits, target, cap):
+    return logits.new_empty(logits.shape[:1]), logits.new_empty(logits.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.save_for_backward(output[1])
+
+
+def _grad(ctx, grad_loss, grad_grad):
+    (grad,) = ctx.saved_tensors
+    return grad * grad_loss[:, None], None, None
+
+
+_forward.register_autograd(_grad, setup_context=_setup_context)
+
+
+def softcap_cross_entropy(logits: Tensor, target: Tensor, cap: float) -> Tensor:
+    """Mean F.cross_entropy(cap * tanh(logits / cap), target) over (N, V) fp32 logits by our
+    kernel; call only where `applies(logits, target)`. Same value and gradient as PyTorch's ops
+    to fp32 rounding."""
+    return _forward(logits, target, float(cap))[0].mean()
