@@ -58,7 +58,9 @@ static void scores(const float* a, int64_t sa, const float* bt, int64_t T, float
       v8 c00 = splat(0), c01 = splat(0), c10 = splat(0), c11 = splat(0);
       v8 c20 = splat(0), c21 = splat(0), c30 = splat(0), c31 = splat(0);
       for (int d = 0; d < D; ++d) {
-        const v8 k0 = ld(bt + d * T + j), k1 = ld(bt + d * T + j + 8);
+        v8 k0 = ld(bt + d * T + j), k1 = ld(bt + d * T + j + 8);
+        KEEP_IN_REGISTER(k0);  // one load each for the 4 rows, not four
+        KEEP_IN_REGISTER(k1);
         const float q0 = a0[d], q1 = a0[sa + d], q2 = a0[2 * sa + d], q3 = a0[3 * sa + d];
         c00 += q0 * k0; c01 += q0 * k1;
         c10 += q1 * k0; c11 += q1 * k1;
@@ -88,7 +90,10 @@ static void rows_times(const float* W, int64_t T, const float* x, int64_t sx, fl
     for (int64_t j = 0; j <= i0 + 3; ++j) {
       const float* xj = x + j * sx;
       v8 xv[NV];
-      for (int v = 0; v < NV; ++v) xv[v] = ld(xj + 8 * v);
+      for (int v = 0; v < NV; ++v) {
+        xv[v] = ld(xj + 8 * v);
+        KEEP_IN_REGISTER(xv[v]);
+      }
       for (int r = 0; r < 4; ++r) {
         const float wr = w[r * T + j];
         for (int v = 0; v < NV; ++v) acc[r][v] += wr * xv[v];
@@ -113,7 +118,10 @@ static void cols_times(const float* W, int64_t T, const float* x, int64_t sx, fl
       const float* xi = x + i * sx;
       const float* w = W + i * T + j0;
       v8 xv[NV];
-      for (int v = 0; v < NV; ++v) xv[v] = ld(xi + 8 * v);
+      for (int v = 0; v < NV; ++v) {
+        xv[v] = ld(xi + 8 * v);
+        KEEP_IN_REGISTER(xv[v]);
+      }
       for (int r = 0; r < 4; ++r) {
         const float wr = w[r];
         for (int v = 0; v < NV; ++v) acc[r][v] += wr * xv[v];

@@ -10,6 +10,15 @@ typedef float v8 __attribute__((vector_size(32)));
 typedef float v8u __attribute__((vector_size(32), aligned(4)));
 typedef int32_t i8v __attribute__((vector_size(32)));
 
+// Keeps a loaded vector in a register: without it gcc folds the load into each FMA that uses
+// it, so a vector shared by 4 rows is loaded 4 times and the tiled loops become load-bound
+// (session 9 measured 14-23% on the attention kernel). Changes no value.
+#if defined(__x86_64__) || defined(__i386__)
+#define KEEP_IN_REGISTER(v) asm("" : "+x"(v))
+#else
+#define KEEP_IN_REGISTER(v) ((void)0)
+#endif
+
 static inline v8 ld(const float* p) { return *reinterpret_cast<const v8u*>(p); }
 static inline void st(float* p, v8 x) { *reinterpret_cast<v8u*>(p) = x; }
 static inline v8 splat(float x) { return v8{x, x, x, x, x, x, x, x}; }
