@@ -45,7 +45,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from golf_core.config import BASELINE_FIELDS, ModelConfig
@@ -62,7 +61,7 @@ from golf_core.model.layers import (
     CastedLinear,
     causal_attention,
     rms_norm,
-    softcap_cross_entropy,
+    softcapped_head,
     zero_init,
 )
 from golf_core.model.pr325_tables import RoutingTables
@@ -449,28 +448,18 @@ class Model(RoutingTables, nn.Module):
         the final norm (and the backout, if on). Length = effective depth."""
         return self._backbone(input_ids, num_iters, collect=True)[:-1]
 
-    def _raw_logits(self, head: nn.Module | None, x: Tensor) -> Tensor:
-        return F.linear(x, self.tok_emb.weight.to(x.dtype)) if head is None else head(x)
-
-    def _loss(self, head: nn.Module | None, x: Tensor, target: Tensor) -> Tensor:
-        """The script's F.cross_entropy(softcapped logits .float(), target), through
-        `layers.softcap_cross_entropy` (fused on fp32 logits; other dtypes in the script's
-        order)."""
-        logits = self._raw_logits(head, x).flatten(0, 1)
-        return softcap_cross_entropy(logits, target.flatten(), self.cfg.logit_softcap)
-
     def forward(
         self, input_ids: Tensor, target_ids: Tensor | None = None, *, num_iters: int | None = None
     ) -> Tensor:
         x = rms_norm(self._backbone(input_ids, num_iters, collect=False)[-1])  # final norm
+        cap = self.cfg.logit_softcap  # the script's softcapped head and float32 cross-entropy
         if target_ids is None:  # softcapped logits (B, T, V)
-            cap = self.cfg.logit_softcap
-            return cap * torch.tanh(self._raw_logits(self.lm_head, x) / cap)
-        loss = self._loss(self.lm_head, x, target_ids)
+            return softcapped_head(x, self.tok_emb, self.lm_head, cap)
+        loss = softcapped_head(x, self.tok_emb, self.lm_head, cap, target_ids)
         if not (self.training and len(self.mtp_heads) and self.cfg.mtp_loss_weight > 0):
             return loss
         terms = [  # MTP head k: target k + 1 steps further on, from the same position
-            self._loss(h, x[:, : x.size(1) - k - 1], target_ids[:, k + 1 :])
+            softcapped_head(x[:, : x.size(1) - k - 1], self.tok_emb, h, cap, target_ids[:, k + 1 :])
             for k, h in enumerate(self.mtp_heads) if x.size(1) > k + 1
         ]  # fmt: skip
         return loss + self.cfg.mtp_loss_weight * torch.stack(terms).mean() if terms else loss
