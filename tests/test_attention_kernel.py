@@ -142,22 +142,4 @@ def test_a_bad_golf_attention_value_is_a_one_line_error():
 def test_each_familys_golden_loss_on_the_kernel_and_on_pytorchs_attention(family, monkeypatch):
     import test_fast_path as fp
 
-    calls = []
-    kernel = ak.attention
-    monkeypatch.setattr(ak, "attention", lambda q, k, v: calls.append(q.shape) or kernel(q, k, v))
-    model, batch, want = fp._loaded(family)
-    model.eval()
-    out = {}
-    for on in (True, False):
-        ak.use_kernel(on)
-        try:
-            out[on] = fp._loss_and_grads(model, model, batch)
-        finally:
-            ak.use_kernel(True)
-    assert calls, f"{family}: the kernel never ran on the golden batch"
-    (fast, fast_grads), (faithful, faithful_grads) = out[True], out[False]
-    assert fast == pytest.approx(want, rel=1e-5) and faithful == pytest.approx(want, rel=1e-5)
-    assert fast == pytest.approx(faithful, rel=1e-6)
-    for name, g in faithful_grads.items():
-        err = ((fast_grads[name] - g).abs().max() / g.abs().max().clamp_min(1e-12)).item()
-        assert err < 1e-4, f"{family} {name}: kernel gradient off by {err:.2e} of its max"
+    fp.check_golden_on_kernel_and_faithful(family, ak, "attention", monkeypatch)

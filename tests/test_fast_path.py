@@ -68,6 +68,34 @@ def _loss_and_grads(fn, model, batch) -> tuple[float, dict[str, torch.Tensor]]:
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     return loss.item(), grads
 
+def check_golden_on_kernel_and_faithful(family: str, kernel_module, entry: str,
+                                        monkeypatch) -> None:
+    """`family`'s golden loss with one of our CPU kernels on and off (`kernel_module`, whose
+    `use_kernel` switches it and whose function `entry` is the call the model reaches): the
+    kernel runs on the golden batch, both losses equal the script's, and each gradient equals
+    the faithful path's to 1e-4 of its largest entry."""
+    calls = []
+    kernel = getattr(kernel_module, entry)
+    monkeypatch.setattr(kernel_module, entry,
+                        lambda *args: calls.append(args[0].shape) or kernel(*args))
+    model, batch, want = _loaded(family)
+    model.eval()
+    out = {}
+    for on in (True, False):
+        kernel_module.use_kernel(on)
+        try:
+            out[on] = _loss_and_grads(model, model, batch)
+        finally:
+            kernel_module.use_kernel(True)
+    assert calls, f"{family}: the kernel never ran on the golden batch"
+    (fast, fast_grads), (faithful, faithful_grads) = out[True], out[False]
+    assert fast == pytest.approx(want, rel=1e-5) and faithful == pytest.approx(want, rel=1e-5)
+    assert fast == pytest.approx(faithful, rel=1e-6)
+    for name, g in faithful_grads.items():
+        err = ((fast_grads[name] - g).abs().max() / g.abs().max().clamp_min(1e-12)).item()
+        assert err < 1e-4, f"{family} {name}: kernel gradient off by {err:.2e} of its max"
+
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family", list(FAMILIES))

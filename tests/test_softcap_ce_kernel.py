@@ -124,23 +124,4 @@ def test_a_bad_golf_cross_entropy_value_is_a_one_line_error():
 def test_each_familys_golden_loss_on_the_kernel_and_on_pytorchs_ops(family, monkeypatch):
     import test_fast_path as fp
 
-    calls = []
-    kernel = ck.softcap_cross_entropy
-    monkeypatch.setattr(ck, "softcap_cross_entropy",
-                        lambda x, y, cap: calls.append(x.shape) or kernel(x, y, cap))
-    model, batch, want = fp._loaded(family)
-    model.eval()
-    out = {}
-    for on in (True, False):
-        ck.use_kernel(on)
-        try:
-            out[on] = fp._loss_and_grads(model, model, batch)
-        finally:
-            ck.use_kernel(True)
-    assert calls, f"{family}: the kernel never ran on the golden batch"
-    (fast, fast_grads), (faithful, faithful_grads) = out[True], out[False]
-    assert fast == pytest.approx(want, rel=1e-5) and faithful == pytest.approx(want, rel=1e-5)
-    assert fast == pytest.approx(faithful, rel=1e-6)
-    for name, g in faithful_grads.items():
-        err = ((fast_grads[name] - g).abs().max() / g.abs().max().clamp_min(1e-12)).item()
-        assert err < 1e-4, f"{family} {name}: kernel gradient off by {err:.2e} of its max"
+    fp.check_golden_on_kernel_and_faithful(family, ck, "softcap_cross_entropy", monkeypatch)

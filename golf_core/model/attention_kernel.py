@@ -16,7 +16,7 @@ path, with one warning. `GOLF_ATTENTION=sdpa` (or `use_kernel(False)`) turns the
 from __future__ import annotations
 
 import ctypes
-import os
+import functools
 
 import torch
 from torch import Tensor
@@ -28,12 +28,7 @@ HEAD_DIMS = (8, 16, 32, 64)
 MAX_SEQ_LEN = 512  # two T x T fp32 buffers a thread (2 MB at 512); at 1,024 they outgrow L2 and
 # the kernel measured slower than PyTorch's (benchmarks/README.md)
 
-_MODES = ("auto", "sdpa")
-_mode = os.environ.get("GOLF_ATTENTION", "auto").strip().lower() or "auto"
-if _mode not in _MODES:
-    raise ValueError(f"GOLF_ATTENTION={_mode!r}: expected one of {', '.join(_MODES)}")
-_lib: ctypes.CDLL | None = None
-_tried = False
+_mode = cpu_build.env_mode("GOLF_ATTENTION", ("auto", "sdpa"))
 
 
 def use_kernel(on: bool) -> None:
@@ -48,22 +43,14 @@ def kernel_mode() -> str:
     return "kernel" if _mode == "auto" and _available() else "sdpa"
 
 
+@functools.cache
 def _library() -> ctypes.CDLL | None:
     """The built kernel (built on the first call), or None where it cannot be built."""
-    global _lib, _tried
-    if not _tried:
-        _tried = True
-        path = cpu_build.build(SOURCE, "attention kernel", "attention")
-        if path is not None:
-            lib = ctypes.CDLL(str(path))
-            i64, f32p, flt, cint = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float, ctypes.c_int
-            lib.golf_attention_forward.argtypes = (
-                [f32p, i64, i64, i64] * 4 + [f32p] + [i64] * 5 + [flt, cint])
-            lib.golf_attention_backward.argtypes = (
-                [f32p] * 10 + [i64] * 5 + [flt, cint])
-            lib.golf_attention_forward.restype = lib.golf_attention_backward.restype = cint
-            _lib = lib
-    return _lib
+    i64, f32p, flt, cint = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float, ctypes.c_int
+    return cpu_build.load(SOURCE, "attention kernel", "attention", {
+        "golf_attention_forward": [f32p, i64, i64, i64] * 4 + [f32p] + [i64] * 5 + [flt, cint],
+        "golf_attention_backward": [f32p] * 10 + [i64] * 5 + [flt, cint],
+    })
 
 
 @torch._dynamo.assume_constant_result

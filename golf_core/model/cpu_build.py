@@ -1,15 +1,17 @@
 """Building our C++ CPU kernels (csrc/*.cpp) into shared libraries, on first use.
 
-`build(source, what)` compiles one source with the machine's C++ compiler (`$CXX`, else g++,
--O3 -march=native -fopenmp) into `$GOLF_KERNEL_CACHE` (default
+`build(source, what, fallback)` compiles one source with the machine's C++ compiler (`$CXX`,
+else g++, -O3 -march=native -fopenmp) into `$GOLF_KERNEL_CACHE` (default
 ~/.cache/golf-recurrence/kernels), keyed by the source, the headers beside it, the flags and
 the CPU, under a temporary name then renamed, so concurrent processes never load a
 half-written library. No compiler, or a failed build: None, with one warning naming the
-kernel, and the caller keeps PyTorch's path.
+kernel, and the caller keeps PyTorch's path. `load` is the build opened with its functions'
+signatures; `env_mode` reads a kernel's on/off switch from the environment.
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import platform
@@ -30,6 +32,15 @@ def _cpu_key() -> str:
     except OSError:
         flags = ""
     return platform.machine() + flags
+
+
+def env_mode(var: str, modes: tuple[str, ...]) -> str:
+    """A kernel's switch from $`var` (case and spaces ignored; unset or empty: `modes[0]`);
+    any other value than `modes` is a one-line error naming the variable."""
+    mode = os.environ.get(var, modes[0]).strip().lower() or modes[0]
+    if mode not in modes:
+        raise ValueError(f"{var}={mode!r}: expected one of {', '.join(modes)}")
+    return mode
 
 
 def cache_dir() -> Path:
@@ -74,3 +85,17 @@ def build(source: Path, what: str, fallback: str) -> Path | None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def load(source: Path, what: str, fallback: str,
+         argtypes: dict[str, list[type]]) -> ctypes.CDLL | None:
+    """`build(source, what, fallback)` loaded, each function in `argtypes` given its argument
+    types and an int result (every kernel entry point returns a status); None where no build."""
+    path = build(source, what, fallback)
+    if path is None:
+        return None
+    lib = ctypes.CDLL(str(path))
+    for name, types in argtypes.items():
+        fn = getattr(lib, name)
+        fn.argtypes, fn.restype = types, ctypes.c_int
+    return lib

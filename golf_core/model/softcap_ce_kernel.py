@@ -17,7 +17,7 @@ uses one), and an out-of-range target is an error. Built on first use like the a
 from __future__ import annotations
 
 import ctypes
-import os
+import functools
 
 import torch
 from torch import Tensor
@@ -26,12 +26,7 @@ from golf_core.model import cpu_build
 
 SOURCE = cpu_build.CSRC / "softcap_cross_entropy.cpp"
 
-_MODES = ("auto", "torch")
-_mode = os.environ.get("GOLF_CROSS_ENTROPY", "auto").strip().lower() or "auto"
-if _mode not in _MODES:
-    raise ValueError(f"GOLF_CROSS_ENTROPY={_mode!r}: expected one of {', '.join(_MODES)}")
-_lib: ctypes.CDLL | None = None
-_tried = False
+_mode = cpu_build.env_mode("GOLF_CROSS_ENTROPY", ("auto", "torch"))
 
 
 def use_kernel(on: bool) -> None:
@@ -45,19 +40,14 @@ def kernel_mode() -> str:
     return "kernel" if _mode == "auto" and _available() else "torch"
 
 
+@functools.cache
 def _library() -> ctypes.CDLL | None:
-    global _lib, _tried
-    if not _tried:
-        _tried = True
-        path = cpu_build.build(SOURCE, "cross-entropy kernel", "cross-entropy")
-        if path is not None:
-            lib = ctypes.CDLL(str(path))
-            i64, ptr = ctypes.c_int64, ctypes.c_void_p
-            lib.golf_softcap_cross_entropy.argtypes = (
-                [ptr, i64, ptr, i64, i64, ctypes.c_float, ptr, ptr, ctypes.c_int])
-            lib.golf_softcap_cross_entropy.restype = ctypes.c_int
-            _lib = lib
-    return _lib
+    """The built kernel (built on the first call), or None where it cannot be built."""
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    return cpu_build.load(SOURCE, "cross-entropy kernel", "cross-entropy", {
+        "golf_softcap_cross_entropy": [ptr, i64, ptr, i64, i64, ctypes.c_float, ptr, ptr,
+                                       ctypes.c_int],
+    })
 
 
 @torch._dynamo.assume_constant_result
