@@ -121,7 +121,149 @@ def test_a_bad_golf_cross_entropy_value_is_a_one_line_error():
 
 
 @pytest.mark.parametrize("family", ["pr1204", "pr325", "pr54", "pr363"])
-def test_each_familys_golden_loss_on_the_kernel_and_on_pytorchs_ops(family, monkeypatch):
+@pytest.mark.parametrize("entry", ["softcap_head_cross_entropy", "softcap_cross_entropy"])
+def test_each_familys_golden_loss_on_the_kernel_and_on_pytorchs_ops(family, entry, monkeypatch):
+    # training takes the fused head; with it off (as under QAT), the logits' kernel
     import test_fast_path as fp
 
-    fp.check_golden_on_kernel_and_faithful(family, ck, "softcap_cross_entropy", monkeypatch)
+    if entry == "softcap_cross_entropy":
+        monkeypatch.setattr(ck, "head_applies", lambda *args: False)
+    fp.check_golden_on_kernel_and_faithful(family, ck, entry, monkeypatch)
+
+
+# ---- the head fused in (golf::softcap_head_cross_entropy)
+
+
+def _head_inputs(N, V, D, scale, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(N, D, dtype=torch.float64, generator=g)
+    w = torch.randn(V, D, dtype=torch.float64, generator=g) * scale / D**0.5
+    return x, w, torch.randint(0, V, (N,), generator=g)
+
+
+def _head_loss_and_grads(fn, x, w, y, cap, dtype, upstream=1.0):
+    x, w = (t.to(dtype).detach().requires_grad_() for t in (x, w))
+    loss = fn(x, w, y, cap)
+    (loss * upstream).backward()
+    return loss.double(), x.grad.double(), w.grad.double()
+
+
+def _unfused_head(x, w, y, cap):
+    return F.cross_entropy(cap * torch.tanh(F.linear(x, w) / cap), y)
+
+
+@pytest.mark.parametrize("N,V,D,scale,threads", [
+    (64, 1024, 32, 3.0, 2), (37, 1024, 64, 3.0, 2), (5, 32, 8, 1.0, 1), (130, 256, 24, 1.0, 2),
+    (66, 128, 48, 500.0, 2), (3, 16, 16, 0.01, 4)])
+def test_fused_head_equals_an_fp64_reference_to_fp32_rounding(N, V, D, scale, threads):
+    # rows not a multiple of the 4-row tile, widths not a multiple of the column chunk, logits
+    # near zero to far past tanh's saturation, more threads than tiles
+    x, w, y = _head_inputs(N, V, D, scale)
+    ref = _head_loss_and_grads(_unfused_head, x, w, y, 30.0, torch.float64)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        assert ck.head_applies(x.float().requires_grad_(), w.float(), y)
+        got = _head_loss_and_grads(ck.softcap_head_cross_entropy, x, w, y, 30.0, torch.float32,
+                                   upstream=2.5)
+    finally:
+        torch.set_num_threads(saved)
+    assert abs(got[0] - ref[0]) <= 1e-6 * abs(ref[0]) + 1e-7
+    for name, a, b in (("x", got[1] / 2.5, ref[1]), ("weight", got[2] / 2.5, ref[2])):
+        assert _rel(a, b) < 1e-5, f"d{name} off by {_rel(a, b):.1e} of its max"
+
+
+def test_fused_head_takes_strided_rows_and_is_the_same_on_one_thread_or_two():
+    x, w, y = _head_inputs(64, 512, 32, 2.0)
+    wide = torch.cat([x, x], 1).float()[:, 16:48]  # row stride 64
+    assert not wide.is_contiguous()
+    out = {}
+    saved = torch.get_num_threads()
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        try:
+            out[threads] = _head_loss_and_grads(ck.softcap_head_cross_entropy, wide, w, y, 30.0,
+                                                torch.float32)
+        finally:
+            torch.set_num_threads(saved)
+    ref = _head_loss_and_grads(_unfused_head, torch.cat([x, x], 1)[:, 16:48], w, y, 30.0,
+                               torch.float64)
+    for a, b in zip(out[1], out[2]):  # dW sums per-thread parts: fp32 rounding apart
+        assert _rel(a, b) < 1e-6
+    assert _rel(out[1][1], ref[1]) < 1e-5 and _rel(out[1][2], ref[2]) < 1e-5
+
+
+def test_the_fused_head_op_passes_torchs_opcheck_and_compiles_whole():
+    x, w, y = _head_inputs(16, 64, 16, 2.0)
+    x, w = x.float().requires_grad_(), w.float().requires_grad_()
+    torch.library.opcheck(torch.ops.golf.softcap_head_cross_entropy.default, (x, w, y, 30.0))
+
+    def f(x, w, y):
+        return ck.softcap_head_cross_entropy(x, w, y, 30.0) * 2.0
+
+    torch._dynamo.reset()
+    eager = _head_loss_and_grads(lambda a, b, c, d: f(a, b, c), x, w, y, 30.0, torch.float32)
+    compiled_f = torch.compile(f, fullgraph=True, backend="aot_eager")
+    compiled = _head_loss_and_grads(lambda a, b, c, d: compiled_f(a, b, c), x, w, y, 30.0,
+                                    torch.float32)
+    assert all(torch.equal(a, b) for a, b in zip(compiled, eager))
+
+
+def test_the_fused_head_names_an_out_of_range_target():
+    x, w, y = _head_inputs(8, 64, 8, 1.0)
+    y[5] = -1
+    with pytest.raises(IndexError, match=r"target -1 is outside the vocabulary \[0, 64\)"):
+        ck.softcap_head_cross_entropy(x.float().requires_grad_(), w.float(), y, 30.0)
+
+
+@pytest.mark.parametrize("why", ["no grad", "nothing requires grad", "width 12", "vocab 40",
+                                 "bf16", "autocast", "switched off"])
+def test_other_heads_are_not_fused(why):
+    x, w, y = _head_inputs(8, 40 if why == "vocab 40" else 64, 12 if why == "width 12" else 16,
+                           1.0)
+    x, w = x.float(), w.float()
+    x.requires_grad_(why != "nothing requires grad")
+    if why == "bf16":
+        x = x.detach().bfloat16().requires_grad_()
+    if why == "no grad":
+        with torch.no_grad():
+            assert not ck.head_applies(x, w, y)
+        return
+    if why == "autocast":
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not ck.head_applies(x, w, y)
+        return
+    if why == "switched off":
+        ck.use_kernel(False)
+        try:
+            assert not ck.head_applies(x, w, y)
+        finally:
+            ck.use_kernel(True)
+        return
+    assert not ck.head_applies(x, w, y)
+
+
+def test_softcapped_head_fuses_only_a_plain_head_in_training():
+    from golf_core.model.layers import CastedLinear, softcapped_head
+
+    x, w, y = _head_inputs(32, 64, 16, 2.0)
+    emb = torch.nn.Embedding(64, 16)
+    with torch.no_grad():
+        emb.weight.copy_(w.float())
+    x = x.float().view(2, 16, 16).requires_grad_()
+    calls = []
+    fused = ck.softcap_head_cross_entropy
+    try:
+        ck.softcap_head_cross_entropy = lambda *a: calls.append("fused") or fused(*a)
+        tied = softcapped_head(x, emb, None, 30.0, y.view(2, 16))
+        untied = CastedLinear(16, 64, bias=False)
+        untied.weight = emb.weight
+        plain = softcapped_head(x, emb, untied, 30.0, y.view(2, 16))
+        assert calls == ["fused", "fused"]
+        untied.qat = lambda t: t  # a QAT head keeps the unfused logits
+        softcapped_head(x, emb, untied, 30.0, y.view(2, 16))
+        assert calls == ["fused", "fused"]
+    finally:
+        ck.softcap_head_cross_entropy = fused
+    want = _unfused_head(x.reshape(32, 16), emb.weight, y, 30.0)
+    assert tied.item() == pytest.approx(want.item(), rel=1e-6) and plain.item() == tied.item()

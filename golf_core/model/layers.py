@@ -250,11 +250,22 @@ def softcap_cross_entropy(logits: Tensor, target: Tensor, cap: float) -> Tensor:
     return F.cross_entropy((cap * torch.tanh(logits / cap)).float(), target, reduction="mean")
 
 
+def _plain_linear(head: nn.Module) -> bool:
+    """A head that is only its weight: a CastedLinear without bias or QAT."""
+    return type(head) is CastedLinear and head.bias is None and head.qat is None
+
+
 def softcapped_head(x: Tensor, tok_emb: nn.Embedding, lm_head: nn.Module | None, cap: float,
                     target_ids: Tensor | None = None) -> Tensor:
     """Upstream's output: the tied embedding (or an untied `lm_head`) as the head, tanh
     softcap `cap`; softcapped logits (B, T, V), or with `target_ids` the mean cross-entropy in
-    nats (fp32; fused on fp32 logits). Every family's GPT ends here."""
+    nats (fp32; fused on fp32 logits; for training on the CPU in fp32 the head's matmul fused
+    in too, `softcap_ce_kernel.softcap_head_cross_entropy`). Every family's GPT ends here."""
+    if target_ids is not None and (lm_head is None or _plain_linear(lm_head)):
+        weight = tok_emb.weight if lm_head is None else lm_head.weight
+        rows, targets = x.reshape(-1, x.size(-1)), target_ids.reshape(-1)
+        if softcap_ce_kernel.head_applies(rows, weight, targets):
+            return softcap_ce_kernel.softcap_head_cross_entropy(rows, weight, targets, cap)
     logits = F.linear(x, tok_emb.weight.to(x.dtype)) if lm_head is None else lm_head(x)
     if target_ids is not None:
         return softcap_cross_entropy(logits.reshape(-1, logits.size(-1)),

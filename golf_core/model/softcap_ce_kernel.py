@@ -47,6 +47,8 @@ def _library() -> ctypes.CDLL | None:
     return cpu_build.load(SOURCE, "cross-entropy kernel", "cross-entropy", {
         "golf_softcap_cross_entropy": [ptr, i64, ptr, i64, i64, ctypes.c_float, ptr, ptr,
                                        ctypes.c_int],
+        "golf_softcap_head_cross_entropy": [ptr, i64, ptr, i64, ptr, i64, i64, i64,
+                                            ctypes.c_float, ptr, ptr, ptr, ctypes.c_int],
     })
 
 
@@ -107,3 +109,70 @@ def softcap_cross_entropy(logits: Tensor, target: Tensor, cap: float) -> Tensor:
     kernel; call only where `applies(logits, target)`. Same value and gradient as PyTorch's ops
     to fp32 rounding."""
     return _forward(logits, target, float(cap))[0].mean()
+
+
+# ---- The head fused in: x (N, D) times the head's weight (V, D), softcapped, cross-entropy.
+
+
+def head_applies(x: Tensor, weight: Tensor, target: Tensor) -> bool:
+    """Whether `softcap_head_cross_entropy(x, weight, target, cap)` runs our fused kernel: the
+    conditions of `applies` on (N, D) x and (V, D) weight with D % 8 == 0 and V % 16 == 0, and
+    a gradient wanted (the kernel computes the gradients with the loss; a loss without them,
+    as evaluation asks, is cheaper unfused)."""
+    if _mode != "auto" or not torch.is_grad_enabled():
+        return False
+    if not (x.requires_grad or weight.requires_grad):
+        return False
+    if x.device.type != "cpu" or weight.device.type != "cpu" or x.dim() != 2 or weight.dim() != 2:
+        return False
+    if x.dtype != torch.float32 or weight.dtype != torch.float32 or target.dtype != torch.int64:
+        return False
+    if torch.is_autocast_enabled("cpu") or target.shape != x.shape[:1]:
+        return False
+    if x.size(1) != weight.size(1) or x.size(1) % 8 or weight.size(0) % 16:
+        return False
+    return _available()
+
+
+@torch.library.custom_op("golf::softcap_head_cross_entropy", mutates_args=())
+def _head_forward(x: Tensor, weight: Tensor, target: Tensor,
+                  cap: float) -> tuple[Tensor, Tensor, Tensor]:
+    x = x if x.stride(-1) == 1 else x.contiguous()
+    weight = weight if weight.stride(-1) == 1 else weight.contiguous()
+    target = target.contiguous()
+    (N, D), V = x.shape, weight.size(0)
+    loss, dx, dw = x.new_empty(()), x.new_empty((N, D)), weight.new_empty((V, D))
+    lib = _library()
+    assert lib is not None, "golf::softcap_head_cross_entropy called without the kernel"
+    rc = lib.golf_softcap_head_cross_entropy(
+        x.data_ptr(), x.stride(0), weight.data_ptr(), weight.stride(0), target.data_ptr(), N, V,
+        D, cap, loss.data_ptr(), dx.data_ptr(), dw.data_ptr(), torch.get_num_threads())
+    if rc == -1:
+        bad = target[(target < 0) | (target >= V)][0].item()
+        raise IndexError(f"softcap cross-entropy: target {bad} is outside the vocabulary [0, {V})")
+    assert rc == 0, f"golf::softcap_head_cross_entropy: vocabulary {V} or width {D} unsupported"
+    return loss, dx, dw
+
+
+@_head_forward.register_fake
+def _(x, weight, target, cap):
+    return x.new_empty(()), x.new_empty(x.shape), weight.new_empty(weight.shape)
+
+
+def _head_setup_context(ctx, inputs, output):
+    ctx.save_for_backward(output[1], output[2])
+
+
+def _head_grad(ctx, grad_loss, grad_dx, grad_dw):
+    dx, dw = ctx.saved_tensors
+    return dx * grad_loss, dw * grad_loss, None, None
+
+
+_head_forward.register_autograd(_head_grad, setup_context=_head_setup_context)
+
+
+def softcap_head_cross_entropy(x: Tensor, weight: Tensor, target: Tensor, cap: float) -> Tensor:
+    """Mean F.cross_entropy(cap * tanh(x @ weight.T / cap), target) over (N, D) fp32 x and a
+    (V, D) head weight, by our fused kernel; call only where `head_applies(x, weight, target)`.
+    The same loss and gradients as the unfused head to fp32 rounding."""
+    return _head_forward(x, weight, target, float(cap))[0]
