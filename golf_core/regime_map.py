@@ -229,6 +229,9 @@ def _statement(est: float, lo: float, hi: float, top: float, g: pd.DataFrame,
     gaps = gap_table(g)
     gaps = gaps[gaps["metric"] == METRICS[metric]]
     last = gaps.sort_values("rung").iloc[-1]
+    if math.isnan(last["ci_low"]):  # one seed so far: a gap without an interval
+        return (f"at the highest rung (D/N {top:.0f}: {last['gap']:+.4f}, {last['n']} seed, "
+                f"no interval yet); {_fitted(est, lo, hi, top)}")
     at = f"D/N {top:.0f}: {last['gap']:+.4f} [{last['ci_low']:+.4f}, {last['ci_high']:+.4f}]"
     if last["ci_low"] > 0:
         return (f"no crossover below D/N {top:.0f}: the loop still loses at the highest rung "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -123,6 +124,17 @@ def test_a_loop_that_never_catches_up_gets_a_bound_not_a_number(tmp_path):
     cross = regime_map.crossover(runs, resamples=100).iloc[0]
     assert cross["statement"].startswith("no crossover below D/N 100")
     assert "Over ln(D/N): no crossover below D/N 100" in regime_map.headline(runs)
+
+
+def test_a_top_rung_with_one_seed_is_said_to_have_no_interval_yet(tmp_path):
+    _synthetic(tmp_path, a=0.05, b=-0.002, noise=0.001)
+    top = max(regime.RUNGS["A"])
+    for run in tmp_path.glob(f"regime-A-records-r{top:.3g}-*"):
+        if "-s0-" not in run.name:  # keep seed 0's pair only
+            shutil.rmtree(run)
+    cross = regime_map.crossover(regime_map.runs_table(tmp_path), resamples=50).iloc[0]
+    assert cross["statement"].startswith(f"at the highest rung (D/N {top:.0f}: +0.0")
+    assert "1 seed, no interval yet" in cross["statement"] and "nan" not in cross["statement"]
 
 
 def test_delayed_vs_always_pairs_the_two_loops_by_seed(tmp_path):
