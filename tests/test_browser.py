@@ -190,13 +190,15 @@ class Browser:
     def call(self, method: str, **params) -> dict:
         self._id += 1
         self.ws.send(json.dumps({"id": self._id, "method": method, "params": params}))
-        while True:
+        deadline = time.monotonic() + self.timeout  # events alone must not keep us waiting
+        while time.monotonic() < deadline:
             msg = json.loads(self.ws.recv())
             if msg.get("id") == self._id:
                 if "error" in msg:
                     raise RuntimeError(f"{method}: {msg['error']}")
                 return msg.get("result", {})
             self.events.append(msg)
+        raise TimeoutError(f"no reply to {method} within {self.timeout:.0f} s")
 
     def _wait_for(self, event: str) -> None:
         if any(e.get("method") == event for e in self.events):
