@@ -86,6 +86,7 @@ bench: venv
 	$(PY) -m benchmarks.run
 	$(PY) -m benchmarks.versus --compile blocks
 	$(PY) -m benchmarks.families
+	$(PY) -m benchmarks.kernels
 
 # On a GPU node (torch with CUDA preinstalled): install, CUDA tests, upstream-size training,
 # side by side with upstream, one notebook; ~8 min. Writes benchmarks/results/gpu_check_*.json

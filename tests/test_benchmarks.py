@@ -257,3 +257,28 @@ def test_the_side_by_side_without_the_upstream_script_skips_and_says_so(tmp_path
     assert versus.main(["--reference", str(tmp_path)], echo=lines.append) == 0
     assert lines and lines[0].startswith("skipped:")
     assert "upstream_baseline_train_gpt.py" in lines[0]
+
+
+def test_the_kernel_bench_times_each_kernel_beside_its_reference_and_writes_the_json(
+        tmp_path, capsys):
+    from benchmarks import kernels
+
+    out = tmp_path / "k.json"
+    assert kernels.main(["--cases", "cross_entropy,head", "--repeat", "2", "--warmup", "0",
+                         "--threads", "1", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["case"], r["shape"]) for r in rows] == [
+        ("cross_entropy", "(4096, 1024)"), ("head", "(4096 x 32) x 1024"),
+        ("head", "(4096 x 64) x 1024")]
+    for r in rows:
+        assert len(r["samples_ms"]["reference"]) == 2 and r["reference_ms"] > 0
+        if r["kernel_built"]:
+            assert r["speedup"] == pytest.approx(r["reference_ms"] / r["kernel_ms"])
+    assert "speedup" in capsys.readouterr().out
+
+
+def test_the_kernel_bench_rejects_an_unknown_case_with_exit_code_2(capsys):
+    from benchmarks import kernels
+
+    assert kernels.main(["--cases", "softmax"]) == 2
+    assert "--cases ['softmax'] not of attention, cross_entropy, head" in capsys.readouterr().err

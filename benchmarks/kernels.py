@@ -1,0 +1,156 @@
+"""`python -m benchmarks.kernels`: each of our CPU kernels beside the path it replaces, forward +
+backward, at the shapes the families train.
+
+Cases (each a (kernel, reference) pair on the same inputs, fp32):
+- `attention`: golf::causal_attention against `F.scaled_dot_product_attention` (causal, GQA),
+  at (batch, heads, kv heads, T, head dim) = (16, 2, 1, 256, 8 / 16), (16, 4, 2, 256, 16),
+  (8, 2, 1, 512, 32);
+- `cross_entropy`: golf::softcap_cross_entropy against `F.cross_entropy(cap * tanh(x / cap), y)`
+  on (4,096, 1,024) logits;
+- `head`: the head fused into the loss (golf::softcap_head_cross_entropy) against `F.linear` +
+  the cross-entropy kernel, at (4,096 x width) x 1,024, widths 32 and 64.
+
+Kernel and reference are timed in alternating order, `--repeat` times each after `--warmup`,
+so load from other processes hits both alike; the table gives the medians and the speed-up,
+the JSON (benchmarks/results/<machine>_kernels.json) every sample. Where a kernel is not built
+(no C++ compiler) its rows say so and the reference alone is timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks.run import RESULTS, _table, _write_json, machine_info
+from golf_core.model import attention_kernel, softcap_ce_kernel
+from golf_core.runs import machine_slug
+
+CAP = 30.0
+ATTENTION_SHAPES = ((16, 2, 1, 256, 8), (16, 2, 1, 256, 16), (16, 4, 2, 256, 16),
+                    (8, 2, 1, 512, 32))
+HEAD_WIDTHS = (32, 64)
+CASES = ("attention", "cross_entropy", "head")
+
+
+def _fwd_bwd(fn: Callable[[], torch.Tensor], inputs: tuple[torch.Tensor, ...],
+             grad: torch.Tensor | None = None) -> Callable[[], None]:
+    def step() -> None:
+        out = fn()
+        torch.autograd.grad(out, inputs, grad if out.dim() else None)
+    return step
+
+
+def _attention_pairs(shape):
+    B, H, HK, T, D = shape
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(B, h, T, D, generator=g).requires_grad_() for h in (H, HK, HK))
+    grad = torch.randn(B, H, T, D, generator=g)
+    ins = (q, k, v)
+    kernel = _fwd_bwd(lambda: attention_kernel.attention(q, k, v), ins, grad)
+    sdpa = _fwd_bwd(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                                           enable_gqa=H != HK), ins, grad)
+    return f"({B}, {H}/{HK}, {T}, {D})", kernel, sdpa, attention_kernel.applies(q, k, v)
+
+
+def _cross_entropy_pair(N=4096, V=1024):
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(N, V, generator=g) * 3).requires_grad_()
+    y = torch.randint(0, V, (N,), generator=g)
+    kernel = _fwd_bwd(lambda: softcap_ce_kernel.softcap_cross_entropy(x, y, CAP), (x,))
+    torch_ops = _fwd_bwd(lambda: F.cross_entropy(CAP * torch.tanh(x / CAP), y), (x,))
+    return f"({N}, {V})", kernel, torch_ops, softcap_ce_kernel.applies(x, y)
+
+
+def _head_pair(D, N=4096, V=1024):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(N, D, generator=g).requires_grad_()
+    w = (torch.randn(V, D, generator=g) * D**-0.5 * 3).requires_grad_()
+    y = torch.randint(0, V, (N,), generator=g)
+    fused = _fwd_bwd(lambda: softcap_ce_kernel.softcap_head_cross_entropy(x, w, y, CAP), (x, w))
+    # the unfused head as training ran it before the fusion: MKL's product, then the loss kernel
+    # (or PyTorch's ops where that kernel is off)
+    ce = (softcap_ce_kernel.softcap_cross_entropy if softcap_ce_kernel.applies(
+        torch.empty(1, V), y[:1]) else lambda z, t, c: F.cross_entropy(c * torch.tanh(z / c), t))
+    unfused = _fwd_bwd(lambda: ce(F.linear(x, w), y, CAP), (x, w))
+    return f"({N} x {D}) x {V}", fused, unfused, softcap_ce_kernel.head_applies(x, w, y)
+
+
+def _time(kernel, reference, ok: bool, warmup: int, repeat: int) -> dict:
+    pairs = [("kernel", kernel), ("reference", reference)] if ok else [("reference", reference)]
+    for _, fn in pairs:
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name, _ in pairs}
+    for r in range(repeat):
+        for name, fn in pairs if r % 2 == 0 else pairs[::-1]:
+            t0 = time.perf_counter()
+            fn()
+            samples[name].append(1e3 * (time.perf_counter() - t0))
+    med = {k: statistics.median(v) for k, v in samples.items()}
+    return {"kernel_ms": med.get("kernel", float("nan")), "reference_ms": med["reference"],
+            "speedup": med["reference"] / med["kernel"] if ok else float("nan"),
+            "kernel_built": ok, "samples_ms": samples}
+
+
+def rows_for(cases: tuple[str, ...], warmup: int, repeat: int) -> list[dict]:
+    """Every (case, shape) row: medians, speed-up and samples."""
+    plan = []
+    if "attention" in cases:
+        plan += [("attention", "SDPA", *_attention_pairs(s)) for s in ATTENTION_SHAPES]
+    if "cross_entropy" in cases:
+        plan.append(("cross_entropy", "F.cross_entropy(softcap)", *_cross_entropy_pair()))
+    if "head" in cases:
+        plan += [("head", "F.linear + loss kernel", *_head_pair(d)) for d in HEAD_WIDTHS]
+    rows = []
+    for case, reference, shape, kernel, ref, ok in plan:
+        row = {"case": case, "shape": shape, "reference": reference}
+        row.update(_time(kernel, ref, ok, warmup, repeat))
+        rows.append(row)
+        print(_table([row], ["case", "shape", "reference", "kernel_ms", "reference_ms",
+                             "speedup"]), flush=True)
+    return rows
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.kernels", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cases", default=",".join(CASES),
+                   help=f"comma-separated, of {', '.join(CASES)}")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--repeat", type=int, default=15)
+    p.add_argument("--out", default="", help="JSON path (default benchmarks/results/...)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    cases = tuple(c for c in args.cases.split(",") if c)
+    bad = sorted(set(cases) - set(CASES))
+    if bad or not cases or args.repeat < 1 or args.warmup < 0:
+        print(f"benchmarks.kernels: --cases {bad or '(none)'} not of {', '.join(CASES)}, or "
+              f"--repeat {args.repeat} < 1 / --warmup {args.warmup} < 0", file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    load0 = os.getloadavg()
+    rows = rows_for(cases, args.warmup, args.repeat)
+    machine = machine_info(torch.device("cpu"))
+    result = {"machine": machine, "threads": torch.get_num_threads(), "dtype": "float32",
+              "loadavg_before": load0, "loadavg_after": os.getloadavg(), "rows": rows}
+    slug = f"{machine_slug(machine['device_name'])}-{torch.backends.cpu.get_cpu_capability()}"
+    out = Path(args.out) if args.out else RESULTS / f"{slug}_kernels.json"
+    _write_json(result, out)
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
