@@ -159,8 +159,9 @@ def delayed_vs_always(table: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
 
 def _paired(table: pd.DataFrame, metric: str) -> pd.DataFrame:
     """(x = ln of the flat arm's D/N, gap, rung) per (rung, seed) of one size and pair."""
-    wide = table.pivot_table(index=["rung", "seed"], columns="arm",
-                             values=[metric, "tokens_per_param"])
+    arms = table[table["arm"].isin(("loop", "flat"))]  # not the always-on arm: it would
+    wide = arms.pivot_table(index=["rung", "seed"], columns="arm",  # drop every rung without it
+                            values=[metric, "tokens_per_param"])
     wide = wide.dropna()
     return pd.DataFrame({"rung": wide.index.get_level_values("rung"),
                          "x": np.log(wide["tokens_per_param"]["flat"].to_numpy()),

@@ -154,6 +154,10 @@ def test_delayed_vs_always_pairs_the_two_loops_by_seed(tmp_path):
     assert row["n"] == 8 and row["diff"] == pytest.approx(-0.01)
     assert "Delayed (48%) minus always-on loop at size A, D/N 100: -0.0100" in (
         regime_map.headline(runs))
+    # the top rung's third arm leaves the fit over every rung (it once left only that rung)
+    cross = regime_map.crossover(runs, resamples=20).iloc[0]
+    assert cross["rungs"] == len(regime.RUNGS["A"]) and cross["points"] == 8 * cross["rungs"]
+    assert "Over ln(D/N):" in regime_map.headline(runs)
 
 
 def test_the_law_gives_the_crossovers_research_derived_from_it():
