@@ -59,6 +59,11 @@ SEEDS = (1337, 42, 7, 2024, 31337)
 # there for both pairs (the study's seeds 123, 999, 2718, 3141, 1618).
 EXTRA_SEEDS = (123, 999, 2718, 3141, 1618)
 EXTRA_SEEDS_UP_TO = 15.0  # size A rungs with D/N up to this get them
+# The top-up (session 10, size A finished): at five seeds the records' pair's longer rungs at
+# size A had 95% half-widths of 0.0074 (D/N 37.6) and 0.0087 (D/N 100) bpb, sd 0.006-0.007,
+# so ~10-13 seeds for 0.004. They get EXTRA_SEEDS too (every arm, the always-on one included),
+# launched after size B. PR #363's pair there (sd 0.011-0.014: ~60 seeds a rung) stays at five.
+TOPUP_PAIR = "records"
 SEQ_LEN = 256
 BATCH_TOKENS = 2048  # 8 sequences of 256 a step, every rung
 RECORD_START_FRAC = 0.48  # PR #1204's record: recurrence on at step 3000 of 6,242
@@ -266,22 +271,48 @@ def rungs() -> list[Rung]:
             for pair in PAIRS if size in PAIRS[pair]]
 
 
-def seeds_for(size: str, ratio: float) -> tuple[int, ...]:
-    """The paired seeds of a rung: SEEDS, plus EXTRA_SEEDS on size A's short rungs."""
-    return SEEDS + (EXTRA_SEEDS if size == "A" and ratio <= EXTRA_SEEDS_UP_TO else ())
+def _topped_up(size: str, pair: str, ratio: float) -> bool:
+    """A rung whose EXTRA_SEEDS are the top-up, launched after every other run."""
+    return size == "A" and pair == TOPUP_PAIR and ratio > EXTRA_SEEDS_UP_TO
+
+
+def seeds_for(size: str, ratio: float, pair: str) -> tuple[int, ...]:
+    """The paired seeds of a rung: SEEDS, plus EXTRA_SEEDS on size A's short rungs and on the
+    top-up's rungs."""
+    extra = size == "A" and ratio <= EXTRA_SEEDS_UP_TO or _topped_up(size, pair, ratio)
+    return SEEDS + (EXTRA_SEEDS if extra else ())
+
+
+def seeds_markdown() -> str:
+    """The seeds in words, for the page's setup and `python -m golf_core.regime`."""
+    extra = ", ".join(map(str, EXTRA_SEEDS))
+    return (f"{len(SEEDS)} paired seeds ({', '.join(map(str, SEEDS))}) per rung; "
+            f"{len(SEEDS) + len(EXTRA_SEEDS)} (plus {extra}) on size A's rungs up to D/N "
+            f"{EXTRA_SEEDS_UP_TO:g} and on the {TOPUP_PAIR}' pair's longer rungs at size A (a "
+            f"top-up launched after size B)")
+
+
+def _launch_order(seeds: Sequence[int] | None) -> list[tuple[Rung, tuple[int, ...]]]:
+    """(rung, seeds) in launch order: every rung with its seeds, the top-up's seeds last."""
+    if seeds is not None:
+        return [(r, tuple(seeds)) for r in rungs()]
+    first = [(r, SEEDS if _topped_up(r.size, r.pair, r.ratio) else seeds_for(r.size, r.ratio,
+                                                                              r.pair))
+             for r in rungs()]
+    return first + [(r, EXTRA_SEEDS) for r in rungs() if _topped_up(r.size, r.pair, r.ratio)]
 
 
 def ladder(seeds: Sequence[int] | None = None, *, data_path: str = "",
            tokenizer_path: str = "") -> list[RunSpec]:
     """The ladder's runs in launch order: rung by rung (size A first), every seed of a rung
-    before the next, the arms of a (rung, seed) side by side. `seeds`: these for every rung
-    instead of `seeds_for`'s."""
+    before the next, the arms of a (rung, seed) side by side, the top-up's extra seeds after
+    all that. `seeds`: these for every rung instead of `seeds_for`'s."""
     scale_settings(SCALE)  # the scale must exist (its runs_root places the runs)
     data = data_path or str(dataset_dir(SCALE))
     tok = tokenizer_path or f"{data}/tokenizer.model"
     specs = []
-    for r in rungs():
-        for seed in seeds if seeds is not None else seeds_for(r.size, r.ratio):
+    for r, rung_seeds in _launch_order(seeds):
+        for seed in rung_seeds:
             for arm in r.arms:
                 preset_name, sets = r.arms[arm]
                 overrides = {**sets, "data_path": data, "tokenizer_path": tok}
@@ -323,8 +354,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     worst = table[["params_mismatch", "flops_mismatch"]].abs().max()
     print(f"\nworst mismatch: parameters {worst['params_mismatch']:.2%}, FLOPs "
           f"{worst['flops_mismatch']:.2%} (tolerance {TOLERANCE:.0%}); "
-          f"{len(ladder())} runs ({len(SEEDS)} seeds, {len(SEEDS) + len(EXTRA_SEEDS)} on size "
-          f"A's rungs up to D/N {EXTRA_SEEDS_UP_TO:g})")
+          f"{len(ladder())} runs ({seeds_markdown()})")
     return 0 if worst.max() <= TOLERANCE else 1
 
 

@@ -284,7 +284,7 @@ def _plan() -> tuple[dict[tuple, float], set[tuple]]:
         key = (r.size, r.pair, _rung_key(r.ratio))
         for arm in r.arms:
             planned[(*key, arm)] = r.flops[arm]
-            wanted |= {(*key, arm, seed) for seed in regime.seeds_for(r.size, r.ratio)}
+            wanted |= {(*key, arm, seed) for seed in regime.seeds_for(r.size, r.ratio, r.pair)}
     return planned, wanted
 
 
@@ -441,9 +441,8 @@ def setup_markdown() -> str:
         f"both within {r.TOLERANCE:.0%}. Rungs are the flat arm's training tokens per "
         f"non-embedding parameter (D/N): {rungs}. Every run trains {r.BATCH_TOKENS:,} tokens a "
         f"step in sequences of {r.SEQ_LEN} on the built-in corpus, fp32, Muon and Adam as the "
-        f"scripts split them, a 25% warmdown, int6 export; {len(r.SEEDS)} paired seeds "
-        f"({', '.join(map(str, r.SEEDS))}) per rung, one seed giving both arms the same "
-        f"initialisation seed and data order."
+        f"scripts split them, a 25% warmdown, int6 export; {r.seeds_markdown()}; one seed "
+        f"gives both arms the same initialisation seed and data order."
     )
 
 

@@ -73,8 +73,9 @@ def test_the_always_on_arm_asks_the_records_question_at_size_as_top_rung(rungs):
 
 def test_the_ladders_runs_are_paired_by_seed_and_named_for_the_map(rungs):
     specs = regime.ladder()
-    assert len(specs) == sum(len(r.arms) * len(regime.seeds_for(r.size, r.ratio)) for r in rungs)
-    assert all(len(regime.seeds_for(r.size, r.ratio)) >= 5 for r in rungs)
+    assert len(specs) == sum(len(r.arms) * len(regime.seeds_for(r.size, r.ratio, r.pair))
+                             for r in rungs)
+    assert all(len(regime.seeds_for(r.size, r.ratio, r.pair)) >= 5 for r in rungs)
     assert len({s.name for s in specs}) == len(specs)
     for spec in specs:
         m = regime_map.NAME.match(spec.name)
@@ -83,6 +84,30 @@ def test_the_ladders_runs_are_paired_by_seed_and_named_for_the_map(rungs):
         assert "results/regime" in str(spec.run_dir)
     first = specs[: 2 * len(regime.SEEDS)]  # rung by rung: a rung's seeds come first
     assert len({regime_map.NAME.match(s.name)["rung"] for s in first}) == 1
+
+
+def test_the_top_up_gives_the_records_long_rungs_ten_seeds_launched_after_size_b():
+    specs = regime.ladder()
+    last_b = max(i for i, s in enumerate(specs) if s.name.startswith("regime-B-"))
+    tail = specs[last_b + 1:]
+    top_ratios = [r for r in regime.RUNGS["A"] if r > regime.EXTRA_SEEDS_UP_TO]
+    assert len(tail) == len(regime.EXTRA_SEEDS) * sum(
+        len(regime.rung("A", "records", r).arms) for r in top_ratios)
+    assert all(s.name.startswith("regime-A-records-") and s.seed in regime.EXTRA_SEEDS
+               for s in tail)
+    assert {s.label for s in tail} >= {"A-records-r100-always"}
+    # PR #363's long rungs keep five seeds, every short rung ten, the records' long ones ten
+    assert regime.seeds_for("A", 100.0, "pr363") == regime.SEEDS
+    assert len(regime.seeds_for("A", 100.0, "records")) == 10
+    assert len(regime.seeds_for("A", 2.0, "pr363")) == 10
+    assert regime.seeds_for("B", 100.0, "records") == regime.SEEDS
+    # no run twice, and the runs before the top-up are the ladder as it was launched
+    assert len({s.name for s in specs}) == len(specs)
+    launched = sum(len(r.arms) * len(regime.SEEDS if r.pair == "records" and r.size == "A"
+                                     and r.ratio > regime.EXTRA_SEEDS_UP_TO
+                                     else regime.seeds_for(r.size, r.ratio, r.pair))
+                   for r in regime.rungs())
+    assert last_b + 1 == launched
 
 
 def _synthetic(root, a: float, b: float, noise: float, seeds=range(8)) -> None:
@@ -186,7 +211,7 @@ def test_status_and_pace_count_rungs_as_their_run_names_spell_them(tmp_path):
     with every seed of every arm, and what is left is priced at the plan's FLOPs."""
     top = regime.rung("A", "records", max(regime.RUNGS["A"]))
     mid = regime.rung("A", "records", regime.RUNGS["A"][2])  # 14.14: spelled r14.1
-    for r, seeds in ((mid, (1337,)), (top, regime.seeds_for("A", top.ratio))):
+    for r, seeds in ((mid, (1337,)), (top, regime.seeds_for("A", top.ratio, "records"))):
         for seed in seeds:
             for arm in r.arms:
                 run = tmp_path / f"regime-{r.label}-{arm}-s{seed}-abcdef"
@@ -201,7 +226,7 @@ def test_status_and_pace_count_rungs_as_their_run_names_spell_them(tmp_path):
     st = regime_map.status(runs)
     assert st["complete_rungs"] == 1  # the top rung; one seed of D/N 14 is not the rung
     p = regime_map.pace(runs)
-    done = sum(top.flops.values()) * len(regime.seeds_for("A", top.ratio)) + sum(
+    done = sum(top.flops.values()) * len(regime.seeds_for("A", top.ratio, "records")) + sum(
         mid.flops.values())
     assert p["runs_done"] == st["runs"] == len(runs)
     assert p["flops_done"] == pytest.approx(done)
