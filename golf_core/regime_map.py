@@ -19,6 +19,8 @@ A negative gap means the looped model is better (lower bits per byte).
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import math
 import re
@@ -29,8 +31,10 @@ import numpy as np
 import pandas as pd
 
 from golf_core import paths, regime, stats
+from golf_core.config import ConfigError, ModelConfig, from_dict
 from golf_core.data import read_shard
 from golf_core.experiments import dataset_dir
+from golf_core.flops import flops_per_token
 
 NAME = re.compile(r"^regime-(?P<size>[A-Z])-(?P<pair>[a-z0-9]+)-r(?P<rung>[0-9.]+)-"
                   r"(?P<arm>loop|flat|always)-s(?P<seed>\d+)-[0-9a-f]{6}$")
@@ -46,6 +50,41 @@ RECORDS = {"params": 35.9e6, "tokens": 3.9e9}
 
 def results_root() -> Path:
     return paths.project_root() / "results" / "regime"
+
+
+@functools.lru_cache(maxsize=64)
+def _flops_per_token(model_json: str, seq_len: int) -> tuple[float, float]:
+    """A model config's training FLOPs per token with its loop on and off (golf_core.flops);
+    cached: a ladder has a handful of distinct models over its ~200 runs."""
+    mcfg = from_dict(ModelConfig, json.loads(model_json), source="model")
+    on = flops_per_token(mcfg, seq_len)
+    if not mcfg.recur_layers:
+        return on, on
+    off = dataclasses.replace(mcfg, recur_layers=(), repeat_untie_mlp_layers=())
+    return on, flops_per_token(off, seq_len)
+
+
+def run_train_flops(config: dict, summary: dict, source: str = "config.json") -> float:
+    """The training FLOPs a finished run spent, from its own config.json and summary.json:
+    its tokens a step times its steps, those before the loop switches on (the trainer's
+    `recurrence_start`) at the loop-off cost. NaN where the config has no training section."""
+    train, model = config.get("train"), config.get("model", {})
+    if not train or not summary.get("steps"):
+        return float("nan")
+    try:
+        on, off = _flops_per_token(json.dumps(model, sort_keys=True),
+                                   int(train["train_seq_len"]))
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    steps = int(summary["steps"])
+    if not model.get("recur_layers"):
+        start = 0
+    elif model.get("recur_start_frac", 0) > 0:
+        start = min(steps, round(model["recur_start_frac"] * int(train["iterations"])))
+    else:
+        start = min(steps, int(model.get("recur_start_step", 0)))
+    per_step = summary["tokens_seen"] / steps
+    return per_step * (start * off + (steps - start) * on)
 
 
 def runs_table(root: str | Path | None = None) -> pd.DataFrame:
@@ -68,6 +107,7 @@ def runs_table(root: str | Path | None = None) -> pd.DataFrame:
             "params": params.get("total", float("nan")),
             "artifact_bytes": summary.get("artifact_bytes", float("nan")),
             "tokens": summary["tokens_seen"], "steps": summary["steps"],
+            "train_flops": run_train_flops(cfg, summary, str(run / "config.json")),
             "train_seconds": summary.get("train_seconds", float("nan")),
             "started": env.get("started", ""), "cpu": env.get("device_name", ""),
         })  # fmt: skip
@@ -112,7 +152,7 @@ def gap_table(table: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
     """Per (size, pair, rung) and metric: the paired gap loop - flat over seeds, with its
     Student-t interval, the flat arm's achieved D / N and the loop arm's epochs."""
     cols = ["size", "pair", "rung", "metric", "n", "gap", "ci_low", "ci_high", "half_width",
-            "flat_tokens_per_param", "max_epochs", "params_mismatch"]
+            "flat_tokens_per_param", "max_epochs", "params_mismatch", "flops_mismatch"]
     if table.empty:
         return pd.DataFrame(columns=cols)
     rows = []
@@ -131,6 +171,8 @@ def gap_table(table: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
                 "flat_tokens_per_param": float(flat["tokens_per_param"].mean()),
                 "max_epochs": float(g["epochs"].max()),
                 "params_mismatch": float(loop["params"].mean() / flat["params"].mean() - 1),
+                "flops_mismatch": float(loop["train_flops"].mean() / flat["train_flops"].mean()
+                                        - 1),
             })  # fmt: skip
     return pd.DataFrame(rows, columns=cols)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -233,3 +234,25 @@ def test_status_and_pace_count_rungs_as_their_run_names_spell_them(tmp_path):
     assert p["flops_per_s_per_run"] == pytest.approx(1e9)
     assert p["hours_left"] == pytest.approx(p["flops_left"] / 2e9 / 3600)
     assert "~" in regime_map.pace_markdown(runs) and "CPU X" in regime_map.pace_markdown(runs)
+
+
+def test_a_runs_training_flops_come_from_its_own_files_and_equal_the_plans():
+    # the committed top rung of the records' pair: each arm's FLOPs, read from its config.json
+    # and summary.json (the delayed loop's steps before the switch at the loop-off cost), are
+    # the plan's, and the pair's FLOPs mismatch in the gap table is read from them
+    top = regime.rung("A", "records", max(regime.RUNGS["A"]))
+    root = Path(__file__).resolve().parents[1] / "results" / "regime"
+    runs = {}
+    for arm in top.arms:
+        found = sorted(root.glob(f"regime-{top.label}-{arm}-s1337-*/summary.json"))
+        if not found:
+            pytest.skip("the committed ladder runs are not in this checkout")
+        run = found[0].parent
+        cfg, summary = (json.loads((run / f).read_text()) for f in ("config.json", "summary.json"))
+        runs[arm] = regime_map.run_train_flops(cfg, summary)
+        assert runs[arm] == pytest.approx(top.flops[arm], rel=1e-9), arm
+    assert runs["loop"] == pytest.approx(runs["flat"], rel=regime.TOLERANCE)
+    assert math.isnan(regime_map.run_train_flops({"model": {"model_dim": 32}}, {"steps": 1}))
+    table = regime_map.runs_table(root)
+    gaps = regime_map.gap_table(table[table["rung"] == max(regime.RUNGS["A"])])
+    assert (gaps["flops_mismatch"].abs() <= regime.TOLERANCE).all()
