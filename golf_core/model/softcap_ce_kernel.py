@@ -8,6 +8,11 @@ One pass over each row computes the row's loss and its gradient together (the lo
 node of a training graph, so the backward only scales the stored gradient by the incoming one);
 tanh and exp are polynomial approximations within a few ulp (`csrc/simd.h`).
 
+For training, `softcap_head_cross_entropy` fuses the head in as well: from the (N, D) hidden
+states and the (V, D) head weight it computes the loss and both gradients a few rows at a time,
+so the (N, V) logits are never written (`layers.softcapped_head` takes it where
+`head_applies`: a plain head, fp32, a gradient wanted).
+
 Where it applies: CPU, fp32 (N, V) logits with V a multiple of 8, int64 targets, outside
 autocast. Targets must lie in [0, V): unlike F.cross_entropy there is no ignore_index (no family
 uses one), and an out-of-range target is an error. Built on first use like the attention kernel

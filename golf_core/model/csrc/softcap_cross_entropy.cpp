@@ -1,5 +1,6 @@
-// Cross-entropy of tanh-softcapped logits on the CPU, fp32, with its gradient in the same pass:
-// what golf_core.model.softcap_ce_kernel calls through ctypes.
+// Cross-entropy of tanh-softcapped logits on the CPU, fp32, with its gradient in the same pass,
+// and the same with the lm head fused in (golf_softcap_head_cross_entropy, below): what
+// golf_core.model.softcap_ce_kernel calls through ctypes.
 //
 // Why: every family ends in loss = CE(cap * tanh(x / cap), y) over a (tokens x vocab) logit
 // matrix, 4M elements a step at the study's 4,096 tokens and vocab 1,024. Compiled by inductor
