@@ -46,6 +46,7 @@ from typing import Any
 
 from torch import nn
 
+from golf_core.config import ModelConfig
 from golf_core.experiments import RunSpec, _settings_hash, dataset_dir, scale_settings
 from golf_core.flops import flops_per_token
 from golf_core.model import build_model, preset
@@ -143,14 +144,21 @@ def _model_facts(preset_name: str, sets_json: str) -> dict[str, float]:
     model = build_model(mcfg)
     stored = sum(p.numel() for p in model.parameters())  # each shared tensor once
     embed = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Embedding))
-    facts = {"unique": float(stored), "non_embedding": float(stored - embed),
-             "fpt_on": flops_per_token(model, SEQ_LEN)}
-    if mcfg.recur_layers:
-        off = dataclasses.replace(mcfg, recur_layers=(), repeat_untie_mlp_layers=())
-        facts["fpt_off"] = flops_per_token(build_model(off), SEQ_LEN)
-    else:
-        facts["fpt_off"] = facts["fpt_on"]
-    return facts
+    on, off = loop_flops_per_token(mcfg, SEQ_LEN, model)
+    return {"unique": float(stored), "non_embedding": float(stored - embed), "fpt_on": on,
+            "fpt_off": off}
+
+
+def loop_flops_per_token(mcfg: ModelConfig, seq_len: int,
+                         model: nn.Module | None = None) -> tuple[float, float]:
+    """Training FLOPs per token of `mcfg` with its loop on, and with its loop layers off (a
+    delayed loop's steps before the switch); the two equal for a model without a loop.
+    `model`: `mcfg` already built, to spare building it again."""
+    on = flops_per_token(model if model is not None else mcfg, seq_len)
+    if not mcfg.recur_layers:
+        return on, on
+    off = dataclasses.replace(mcfg, recur_layers=(), repeat_untie_mlp_layers=())
+    return on, flops_per_token(off, seq_len)
 
 
 def model_facts(preset_name: str, sets: dict) -> dict[str, float]:

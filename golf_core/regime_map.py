@@ -19,7 +19,6 @@ A negative gap means the looped model is better (lower bits per byte).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import math
@@ -31,10 +30,10 @@ import numpy as np
 import pandas as pd
 
 from golf_core import paths, regime, stats
-from golf_core.config import ConfigError, ModelConfig, from_dict
+from golf_core.config import ModelConfig, TrainConfig, from_dict
 from golf_core.data import read_shard
 from golf_core.experiments import dataset_dir
-from golf_core.flops import flops_per_token
+from golf_core.trainer import recurrence_start
 
 NAME = re.compile(r"^regime-(?P<size>[A-Z])-(?P<pair>[a-z0-9]+)-r(?P<rung>[0-9.]+)-"
                   r"(?P<arm>loop|flat|always)-s(?P<seed>\d+)-[0-9a-f]{6}$")
@@ -54,37 +53,25 @@ def results_root() -> Path:
 
 @functools.lru_cache(maxsize=64)
 def _flops_per_token(model_json: str, seq_len: int) -> tuple[float, float]:
-    """A model config's training FLOPs per token with its loop on and off (golf_core.flops);
-    cached: a ladder has a handful of distinct models over its ~200 runs."""
+    """`regime.loop_flops_per_token` of a stored model config, cached: a ladder has a handful
+    of distinct models over its ~200 runs."""
     mcfg = from_dict(ModelConfig, json.loads(model_json), source="model")
-    on = flops_per_token(mcfg, seq_len)
-    if not mcfg.recur_layers:
-        return on, on
-    off = dataclasses.replace(mcfg, recur_layers=(), repeat_untie_mlp_layers=())
-    return on, flops_per_token(off, seq_len)
+    return regime.loop_flops_per_token(mcfg, seq_len)
 
 
 def run_train_flops(config: dict, summary: dict, source: str = "config.json") -> float:
     """The training FLOPs a finished run spent, from its own config.json and summary.json:
     its tokens a step times its steps, those before the loop switches on (the trainer's
     `recurrence_start`) at the loop-off cost. NaN where the config has no training section."""
-    train, model = config.get("train"), config.get("model", {})
-    if not train or not summary.get("steps"):
+    if not config.get("train") or not summary.get("steps"):
         return float("nan")
-    try:
-        on, off = _flops_per_token(json.dumps(model, sort_keys=True),
-                                   int(train["train_seq_len"]))
-    except ConfigError as e:
-        raise ConfigError(f"{source}: {e}") from None
+    mcfg = from_dict(ModelConfig, config.get("model", {}), source=source)
+    tcfg = from_dict(TrainConfig, config["train"], source=source)
+    on, off = _flops_per_token(json.dumps(config.get("model", {}), sort_keys=True),
+                               tcfg.train_seq_len)
     steps = int(summary["steps"])
-    if not model.get("recur_layers"):
-        start = 0
-    elif model.get("recur_start_frac", 0) > 0:
-        start = min(steps, round(model["recur_start_frac"] * int(train["iterations"])))
-    else:
-        start = min(steps, int(model.get("recur_start_step", 0)))
-    per_step = summary["tokens_seen"] / steps
-    return per_step * (start * off + (steps - start) * on)
+    start = min(steps, recurrence_start(mcfg, tcfg) or 0)
+    return summary["tokens_seen"] / steps * (start * off + (steps - start) * on)
 
 
 def runs_table(root: str | Path | None = None) -> pd.DataFrame:
