@@ -63,15 +63,29 @@ def _available() -> bool:
     return _library() is not None
 
 
+def _fits(rows: Tensor, target: Tensor, *others: Tensor) -> bool:
+    """What both kernels ask: switched on, outside CPU autocast, 2-D fp32 CPU `rows` (and
+    `others`), one int64 target per row."""
+    if _mode != "auto" or torch.is_autocast_enabled("cpu") or target.dtype != torch.int64:
+        return False
+    if any(t.device.type != "cpu" or t.dim() != 2 or t.dtype != torch.float32
+           for t in (rows, *others)):
+        return False
+    return target.shape == rows.shape[:1]
+
+
+def _check(rc: int, target: Tensor, V: int, unsupported: str) -> None:
+    """A kernel's status as an error: an out-of-range target named (IndexError), else
+    `unsupported` where the kernel refused the shapes."""
+    if rc == -1:
+        bad = target[(target < 0) | (target >= V)][0].item()
+        raise IndexError(f"softcap cross-entropy: target {bad} is outside the vocabulary [0, {V})")
+    assert rc == 0, unsupported
+
+
 def applies(logits: Tensor, target: Tensor) -> bool:
     """Whether `softcap_cross_entropy(logits, target, cap)` runs our kernel for these inputs."""
-    if _mode != "auto" or logits.device.type != "cpu" or logits.dim() != 2:
-        return False
-    if logits.dtype != torch.float32 or target.dtype != torch.int64:
-        return False
-    if torch.is_autocast_enabled("cpu") or logits.size(1) % 8 or target.shape != logits.shape[:1]:
-        return False
-    return _available()
+    return _fits(logits, target) and logits.size(1) % 8 == 0 and _available()
 
 
 @torch.library.custom_op("golf::softcap_cross_entropy", mutates_args=())
@@ -85,10 +99,7 @@ def _forward(logits: Tensor, target: Tensor, cap: float) -> tuple[Tensor, Tensor
     rc = lib.golf_softcap_cross_entropy(
         logits.data_ptr(), logits.stride(0), target.data_ptr(), N, V, cap, loss.data_ptr(),
         grad.data_ptr(), torch.get_num_threads())
-    if rc == -1:
-        bad = target[(target < 0) | (target >= V)][0].item()
-        raise IndexError(f"softcap cross-entropy: target {bad} is outside the vocabulary [0, {V})")
-    assert rc == 0, f"golf::softcap_cross_entropy: vocabulary {V} is not a multiple of 8"
+    _check(rc, target, V, f"golf::softcap_cross_entropy: vocabulary {V} is not a multiple of 8")
     return loss, grad
 
 
@@ -124,19 +135,12 @@ def head_applies(x: Tensor, weight: Tensor, target: Tensor) -> bool:
     conditions of `applies` on (N, D) x and (V, D) weight with D % 8 == 0 and V % 16 == 0, and
     a gradient wanted (the kernel computes the gradients with the loss; a loss without them,
     as evaluation asks, is cheaper unfused)."""
-    if _mode != "auto" or not torch.is_grad_enabled():
+    if not torch.is_grad_enabled() or not (x.requires_grad or weight.requires_grad):
         return False
-    if not (x.requires_grad or weight.requires_grad):
+    if not _fits(x, target, weight):
         return False
-    if x.device.type != "cpu" or weight.device.type != "cpu" or x.dim() != 2 or weight.dim() != 2:
-        return False
-    if x.dtype != torch.float32 or weight.dtype != torch.float32 or target.dtype != torch.int64:
-        return False
-    if torch.is_autocast_enabled("cpu") or target.shape != x.shape[:1]:
-        return False
-    if x.size(1) != weight.size(1) or x.size(1) % 8 or weight.size(0) % 16:
-        return False
-    return _available()
+    shapes_fit = x.size(1) == weight.size(1) and x.size(1) % 8 == 0 and weight.size(0) % 16 == 0
+    return shapes_fit and _available()
 
 
 @torch.library.custom_op("golf::softcap_head_cross_entropy", mutates_args=())
@@ -152,10 +156,8 @@ def _head_forward(x: Tensor, weight: Tensor, target: Tensor,
     rc = lib.golf_softcap_head_cross_entropy(
         x.data_ptr(), x.stride(0), weight.data_ptr(), weight.stride(0), target.data_ptr(), N, V,
         D, cap, loss.data_ptr(), dx.data_ptr(), dw.data_ptr(), torch.get_num_threads())
-    if rc == -1:
-        bad = target[(target < 0) | (target >= V)][0].item()
-        raise IndexError(f"softcap cross-entropy: target {bad} is outside the vocabulary [0, {V})")
-    assert rc == 0, f"golf::softcap_head_cross_entropy: vocabulary {V} or width {D} unsupported"
+    _check(rc, target, V,
+           f"golf::softcap_head_cross_entropy: vocabulary {V} or width {D} unsupported")
     return loss, dx, dw
 
 
