@@ -37,11 +37,10 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.flops import measured_matmul_peak
-from benchmarks.run import RESULTS, _table, _write_json, machine_info
+from benchmarks.run import _table, _write_json, add_timing_args, cpu_results_path, machine_info
 from golf_core.compile_policy import apply_compile
 from golf_core.flops import flops_per_token
 from golf_core.model import attention_kernel, build_model, preset
-from golf_core.runs import machine_slug
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 # family label -> (our preset, the PR's script)
@@ -180,10 +179,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--widths", default=",".join(map(str, WIDTHS)))
     p.add_argument("--cases", default=",".join(CASES), help=f"of {', '.join(CASES)}")
     p.add_argument("--tokens", type=int, default=4096, help="tokens a step (sequences of 256)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--repeat", type=int, default=8)
-    p.add_argument("--out", default="", help="JSON path (default benchmarks/results/...)")
+    add_timing_args(p, warmup=2, repeat=8)
     return p
 
 
@@ -222,10 +218,7 @@ def main(argv: list[str] | None = None) -> int:
               "attention": attention_kernel.kernel_mode(), "peak_flops": peak,
               "loadavg_before": load0, "loadavg_after": os.getloadavg(),
               "rows": rows}  # fmt: skip
-    # the CPU's own vector ISA in the name: one model name ("AMD EPYC") has come with AVX-512 on
-    # one machine and AVX2 on another, and their results must not overwrite each other
-    slug = f"{machine_slug(machine['device_name'])}-{torch.backends.cpu.get_cpu_capability()}"
-    out = Path(args.out) if args.out else RESULTS / f"{slug}_families.json"
+    out = cpu_results_path(machine, "families", args.out)
     _write_json(result, out)
     print(f"\nwrote {out}")
     return 0

@@ -24,14 +24,12 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from benchmarks.run import RESULTS, _table, _write_json, machine_info
+from benchmarks.run import _table, _write_json, add_timing_args, cpu_results_path, machine_info
 from golf_core.model import attention_kernel, softcap_ce_kernel
-from golf_core.runs import machine_slug
 
 CAP = 30.0
 ATTENTION_SHAPES = ((16, 2, 1, 256, 8), (16, 2, 1, 256, 16), (16, 4, 2, 256, 16),
@@ -124,10 +122,7 @@ def _parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cases", default=",".join(CASES),
                    help=f"comma-separated, of {', '.join(CASES)}")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--repeat", type=int, default=15)
-    p.add_argument("--out", default="", help="JSON path (default benchmarks/results/...)")
+    add_timing_args(p, warmup=3, repeat=15)
     return p
 
 
@@ -145,8 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_info(torch.device("cpu"))
     result = {"machine": machine, "threads": torch.get_num_threads(), "dtype": "float32",
               "loadavg_before": load0, "loadavg_after": os.getloadavg(), "rows": rows}
-    slug = f"{machine_slug(machine['device_name'])}-{torch.backends.cpu.get_cpu_capability()}"
-    out = Path(args.out) if args.out else RESULTS / f"{slug}_kernels.json"
+    out = cpu_results_path(machine, "kernels", args.out)
     _write_json(result, out)
     print(f"\nwrote {out}")
     return 0

@@ -411,6 +411,25 @@ def _run_artifacts(run_dir: Path, args: argparse.Namespace) -> int:
     return 0
 
 
+def cpu_results_path(machine: dict, kind: str, out: str = "") -> Path:
+    """Where a CPU benchmark of `kind` writes its JSON: `out` when given, else
+    results/<machine>-<vector ISA>_<kind>.json. The ISA is in the name because one model name
+    ("AMD EPYC") has come with AVX-512 on one machine and AVX2 on another, and their results
+    must not overwrite each other."""
+    if out:
+        return Path(out)
+    isa = torch.backends.cpu.get_cpu_capability()
+    return RESULTS / f"{machine_slug(machine['device_name'])}-{isa}_{kind}.json"
+
+
+def add_timing_args(p: argparse.ArgumentParser, warmup: int, repeat: int) -> None:
+    """The options every interleaved CPU timing takes: threads, warm-ups, repeats, JSON path."""
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    p.add_argument("--warmup", type=int, default=warmup)
+    p.add_argument("--repeat", type=int, default=repeat)
+    p.add_argument("--out", default="", help="JSON path (default benchmarks/results/...)")
+
+
 def _write_json(result: dict, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
