@@ -90,8 +90,9 @@ def pick_backend(device: torch.device) -> tuple[str, str]:
 
 def pick_autocast(device: torch.device, preference: str,
                   shape: precision.ProbeShape | None = None) -> tuple[torch.dtype | None, str]:
-    """bf16 autocast on CUDA (upstream); on CPU `auto` is bf16 only where one block at this
-    run's shape measured faster under bf16 autocast than in fp32 (golf_core.precision)."""
+    """bf16 autocast on CUDA (upstream); on CPU `auto` is bf16 only where one step at this
+    run's shape (its blocks and head) measured faster under bf16 autocast than in fp32
+    (golf_core.precision)."""
     return precision.pick_autocast(device, preference, shape)
 
 
@@ -159,7 +160,7 @@ def _share_probes(rank: int, autocast: str, ns_dtype: str, shape: precision.Prob
     an `auto` choice reads are taken."""
     wanted = [kind for kind, pref in (("attention", autocast), ("autocast", autocast),
                                       ("muon_ns_dtype", ns_dtype)) if pref == "auto"]
-    measure = {"attention": precision.attention_probe,  # first: the block probe reads it
+    measure = {"attention": precision.attention_probe,  # first: the step estimate reads it
                "autocast": precision.autocast_probe, "muon_ns_dtype": precision.ns_probe}
     for kind in wanted:
         mine = measure[kind](shape) if rank == 0 else None

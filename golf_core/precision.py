@@ -12,11 +12,20 @@ attention kernel (2.5x slower in bf16 at head_dim 16 here) can outweigh the fast
   and head dim, in fp32 and bf16. Where bf16 is not faster, attention under CPU autocast runs in
   fp32 (`cpu_attention_fp32`, read by golf_core.model.layers.causal_attention): the matmuls
   keep bf16's speed, the attention kernel keeps fp32's;
-* autocast: one transformer block (golf_core.model.layers.Block) forward + backward at the
-  run's width, heads and micro-batch, in fp32 and under bf16 autocast (its attention as the
-  attention probe decided). A run that compiles its blocks probes the block compiled, since
-  compiling fuses the casts bf16 adds into the neighbouring kernels and so changes the answer
-  (measured: 4 x 128, 2,048 tokens, eager 200 vs 200 ms/step, compiled 208 fp32 vs 171 bf16);
+* autocast: the forward + backward of one training step, estimated as the model's virtual
+  depth (its blocks, a looped block once per use) times one transformer block
+  (golf_core.model.layers.Block) plus the LM head and its softcapped loss
+  (`layers.softcapped_head`, the call every family ends in), each timed at the run's width,
+  heads, vocabulary and micro-batch, in fp32 and under bf16 autocast (the block's attention as
+  the attention probe decided). The head counts because its fp32 path is our fused head +
+  loss kernel and its bf16 path writes the (tokens x vocab) logits: at width 32 it was half
+  of bf16's loss. Measured, 2-core Zen 4 (AVX-512 BF16), 4,096 tokens, whole compiled step
+  fwd + bwd + Adam: PR #1204 w32 fp32 149 vs bf16 275 ms, PR #325's 3x3 w32 152 vs 279 ms,
+  where one block alone measured 10.9 vs 15.1 and 8.7 vs 12.6 ms: a block alone undersold
+  fp32, and under a competing load the block probe picked bf16 once in three. A run that
+  compiles its blocks probes the block compiled, since compiling fuses the casts bf16 adds
+  into the neighbouring kernels and so changes the answer (measured: 4 x 128, 2,048 tokens,
+  eager 200 vs 200 ms/step, compiled 208 fp32 vs 171 bf16);
 * Newton-Schulz: `newton_schulz5_batched` over one block's matrix shapes, in fp32 and bf16.
 
 Each probe takes tens of milliseconds (it stops early once one side is clearly slower), is
@@ -53,7 +62,8 @@ BF16_MIN_SPEEDUP = 1.10
 
 @dataclass(frozen=True)
 class ProbeShape:
-    """What the probes run: one block at this width and micro-batch, and its matrices."""
+    """What the probes run: one block at this width and micro-batch, its matrices, and the
+    head at this vocabulary; `depth` blocks and the head make the step estimate."""
 
     model_dim: int = 128
     num_heads: int = 4
@@ -62,6 +72,8 @@ class ProbeShape:
     seq_len: int = 256
     tokens: int = 2048  # one forward's tokens (capped at MAX_PROBE_TOKENS)
     compiled: bool = False  # the run torch.compiles its blocks (or model): probe compiled
+    vocab_size: int = 1024  # the head's rows
+    depth: int = 9  # blocks one forward runs through (upstream's baseline: 9)
 
     @classmethod
     def of(cls, mcfg: ModelConfig, tcfg: TrainConfig, local_tokens: int | None = None
@@ -70,10 +82,22 @@ class ProbeShape:
         seq = max(1, min(tcfg.train_seq_len, tokens))
         return cls(mcfg.model_dim, mcfg.num_heads, mcfg.num_kv_heads, int(mcfg.mlp_mult), seq,
                    min(MAX_PROBE_TOKENS, max(seq, tokens - tokens % seq)),
-                   compiled=_compiles_on_cpu(tcfg))
+                   compiled=_compiles_on_cpu(tcfg), vocab_size=mcfg.vocab_size,
+                   depth=_depth(mcfg))
 
 
 MAX_PROBE_TOKENS = 8192
+
+
+def _depth(mcfg: ModelConfig) -> int:
+    """`mcfg`'s virtual depth; a config its family refuses to build gets its physical layer
+    count here (building the model for training then reports what is wrong)."""
+    from golf_core.model.families import virtual_depth
+
+    try:
+        return virtual_depth(mcfg)
+    except (ValueError, ConfigError, RuntimeError):
+        return mcfg.num_layers
 
 
 def _compiles_on_cpu(tcfg: TrainConfig) -> bool:
@@ -87,7 +111,9 @@ def _compiles_on_cpu(tcfg: TrainConfig) -> bool:
 
 
 # What each kind of probe times (the kinds `adopt` and env.json's `precision_probes` use).
-PROBE_WHAT = {"attention": "attention forward+backward", "autocast": "block forward+backward",
+PROBE_WHAT = {"attention": "attention forward+backward", "block": "block forward+backward",
+              "head": "head + loss forward+backward",
+              "autocast": "step forward+backward (depth x block + head)",
               "muon_ns_dtype": "newton-schulz"}
 
 
@@ -112,7 +138,12 @@ class Probe:
 
     def describe(self) -> str:
         s = self.shape
-        return (f"measured {self.what}{' compiled' if s.compiled else ''} at d={s.model_dim} "
+        where = f"d={s.model_dim}"
+        if self.what == PROBE_WHAT["autocast"]:
+            where += f" depth={s.depth}"
+        if self.what in (PROBE_WHAT["autocast"], PROBE_WHAT["head"]):
+            where += f" vocab={s.vocab_size}"
+        return (f"measured {self.what}{' compiled' if s.compiled else ''} at {where} "
                 f"tokens={s.tokens}: fp32 "
                 f"{self.fp32_ms:.2f} ms, bf16 {self.bf16_ms:.2f} ms ({self.bf16_speedup:.2f}x; "
                 f"bf16 needs >= {BF16_MIN_SPEEDUP}x), {self.threads} threads")
@@ -196,7 +227,34 @@ def _block_probe(shape: ProbeShape, threads: int, attention_in_fp32: bool) -> Pr
         fp32(), bf16(), fp32(), bf16()
         setup = time.perf_counter() - t0
     fp32_ms, bf16_ms = _pair(fp32, bf16)
-    return Probe(PROBE_WHAT["autocast"], fp32_ms, bf16_ms, threads, shape, setup)
+    return Probe(PROBE_WHAT["block"], fp32_ms, bf16_ms, threads, shape, setup)
+
+
+@lru_cache(maxsize=16)
+def _head_probe(shape: ProbeShape, threads: int) -> Probe:
+    from golf_core.model.layers import softcapped_head
+
+    gen = torch.Generator().manual_seed(0)
+    emb = torch.nn.Embedding(shape.vocab_size, shape.model_dim)  # the tied head
+    with torch.no_grad():
+        emb.weight.normal_(0.0, 0.05, generator=gen)
+    x = torch.randn(shape.tokens, shape.model_dim, generator=gen, requires_grad=True)
+    target = torch.randint(0, shape.vocab_size, (shape.tokens,), generator=gen)
+
+    def step(cast: contextlib.AbstractContextManager) -> None:
+        with cast:
+            loss = softcapped_head(x, emb, None, HEAD_PROBE_SOFTCAP, target)
+        loss.backward()
+        emb.zero_grad(set_to_none=True)
+        x.grad = None
+
+    fp32_ms, bf16_ms = _pair(lambda: step(contextlib.nullcontext()),
+                             lambda: step(torch.autocast("cpu", dtype=torch.bfloat16)))
+    return Probe(PROBE_WHAT["head"], fp32_ms, bf16_ms, threads,
+                 dataclasses.replace(shape, compiled=False))
+
+
+HEAD_PROBE_SOFTCAP = 30.0  # upstream's logit_softcap; the cap does not change the work
 
 
 @lru_cache(maxsize=16)
@@ -225,17 +283,34 @@ def attention_probe(shape: ProbeShape) -> Probe:
 
 def block_probe(shape: ProbeShape, attention_in_fp32: bool = False) -> Probe:
     """fp32 vs bf16-autocast time of one block at `shape`, its attention under autocast in
-    fp32 if `attention_in_fp32` (cached; or rank 0's, adopted)."""
-    p = _adopted.get("autocast") or _block_probe(shape, torch.get_num_threads(),
-                                                 attention_in_fp32)
-    _measured["autocast"] = p
+    fp32 if `attention_in_fp32` (cached)."""
+    p = _block_probe(shape, torch.get_num_threads(), attention_in_fp32)
+    _measured["block"] = p
+    return p
+
+
+def head_probe(shape: ProbeShape) -> Probe:
+    """fp32 vs bf16-autocast time of the tied LM head and its softcapped loss at `shape`'s
+    tokens, width and vocabulary, forward + backward (cached), eager whether or not the run
+    compiles: our fused kernel is one op either way."""
+    p = _head_probe(dataclasses.replace(shape, compiled=False), torch.get_num_threads())
+    _measured["head"] = p
     return p
 
 
 def autocast_probe(shape: ProbeShape) -> Probe:
-    """The block probe `auto` reads: its attention in fp32 where the attention probe did not
-    measure bf16 faster."""
-    return block_probe(shape, attention_in_fp32=not attention_probe(shape).bf16_faster)
+    """What `auto` reads: one step's forward + backward estimated as `shape.depth` blocks
+    (their attention in fp32 where the attention probe did not measure bf16 faster) plus the
+    head and loss (cached parts; or rank 0's estimate, adopted)."""
+    p = _adopted.get("autocast")
+    if p is None:
+        block = block_probe(shape, attention_in_fp32=not attention_probe(shape).bf16_faster)
+        head = head_probe(shape)
+        p = Probe(PROBE_WHAT["autocast"], shape.depth * block.fp32_ms + head.fp32_ms,
+                  shape.depth * block.bf16_ms + head.bf16_ms, block.threads, shape,
+                  block.setup_s)
+    _measured["autocast"] = p
+    return p
 
 
 def ns_probe(shape: ProbeShape) -> Probe:
@@ -257,7 +332,8 @@ def adopt(kind: str, result: Probe | None) -> None:
 
 
 def probes() -> dict[str, dict]:
-    """The probes this process's dtype choices read, for env.json."""
+    """The probes this process's dtype choices read (and the block and head probes the step
+    estimate adds up), for env.json."""
     return {kind: p.to_dict() for kind, p in _measured.items()}
 
 
@@ -267,11 +343,11 @@ NS_DTYPES = ("auto", "bf16", "fp32")
 
 def pick_autocast(device: torch.device, preference: str, shape: ProbeShape | None = None
                   ) -> tuple[torch.dtype | None, str]:
-    """bf16 autocast on CUDA (upstream); on CPU `auto` is bf16 only where the block probe
-    measured bf16 faster than fp32 at this run's shape, and then with its attention in fp32
-    where the attention probe measured the bf16 kernel no faster. Sets `cpu_attention_fp32`
-    for this process accordingly (False for every other choice: autocast=bf16 is upstream's
-    all-bf16 autocast)."""
+    """bf16 autocast on CUDA (upstream); on CPU `auto` is bf16 only where the step estimate
+    (`autocast_probe`: depth x block + head) measured bf16 faster than fp32 at this run's
+    shape, and then with its attention in fp32 where the attention probe measured the bf16
+    kernel no faster. Sets `cpu_attention_fp32` for this process accordingly (False for every
+    other choice: autocast=bf16 is upstream's all-bf16 autocast)."""
     if preference not in AUTOCAST_CHOICES:
         raise ConfigError(f"autocast: {preference!r} is not one of {', '.join(AUTOCAST_CHOICES)}")
     set_cpu_attention_fp32(False)

@@ -125,7 +125,39 @@ def test_the_probes_time_both_dtypes_at_the_runs_shape_once_per_process():
     assert ns.shape.model_dim == 32 and ns.shape.tokens == 0  # widths only
     a = precision.attention_probe(shape)
     assert a.fp32_ms > 0 and a.bf16_ms > 0 and precision.attention_probe(shape) is a
-    assert set(precision.probes()) == {"attention", "autocast", "muon_ns_dtype"}
+    assert {"attention", "block", "muon_ns_dtype"} <= set(precision.probes())
+
+
+def test_auto_reads_one_step_estimated_as_depth_blocks_plus_the_head():
+    """The head counts: in fp32 it is our fused head + loss kernel, under bf16 the logits are
+    written; a block alone undersold fp32 (module docstring)."""
+    shape = precision.ProbeShape(model_dim=32, num_heads=2, num_kv_heads=1, seq_len=32,
+                                 tokens=128, vocab_size=64, depth=5)
+    step = precision.autocast_probe(shape)
+    parts = precision.probes()
+    block, head = (precision.Probe(**{k: v for k, v in parts[k].items()
+                                      if k not in ("bf16_speedup", "bf16_faster", "shape")},
+                                   shape=shape) for k in ("block", "head"))
+    assert step.fp32_ms == pytest.approx(5 * block.fp32_ms + head.fp32_ms)
+    assert step.bf16_ms == pytest.approx(5 * block.bf16_ms + head.bf16_ms)
+    assert "depth=5 vocab=64" in step.describe()
+    assert parts["head"]["shape"]["vocab_size"] == 64 and head.fp32_ms > 0 < head.bf16_ms
+    assert pick_autocast(CPU, "auto", shape)[1].count("depth=5") == 1  # says what it read
+    pick_autocast(CPU, "none")
+
+
+def test_the_probe_depth_is_the_familys_virtual_depth_and_costs_no_randomness():
+    from golf_core.config import ModelConfig, TrainConfig
+    from golf_core.model.presets import preset
+
+    tcfg = TrainConfig()
+    state = torch.random.get_rng_state()
+    depth = {name: precision.ProbeShape.of(preset(name), tcfg).depth
+             for name in ("unet", "pr1204", "pr363-3x3", "pr363-flat")}
+    assert torch.equal(state, torch.random.get_rng_state())  # built on the meta device
+    # PR #1204: 11 layers, its recur pair run twice; PR #325's 3x3: stem + 3 x 3 core + tail
+    assert depth == {"unet": 9, "pr1204": 13, "pr363-3x3": 15, "pr363-flat": 11}
+    assert precision.ProbeShape.of(ModelConfig(vocab_size=96), tcfg).vocab_size == 96
 
 
 def test_the_probe_shape_follows_the_run():

@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import ModuleType
 
+import torch
 from torch import Tensor, nn
 
 from golf_core.config import ConfigError, ModelConfig
@@ -61,6 +62,14 @@ def family_module(name: str) -> ModuleType:
 def build_model(cfg: ModelConfig) -> nn.Module:
     """The model `cfg` describes: the baseline GPT for family "golf", else that PR's model."""
     return family_module(cfg.family).Model(cfg)
+
+
+def virtual_depth(cfg: ModelConfig) -> int:
+    """The blocks one forward pass of `cfg`'s model runs through (a looped block once per
+    use): its `parameter_counts()["effective_depth"]`, read off the model built on the meta
+    device, so nothing is allocated or initialized and the random state is untouched."""
+    with torch.device("meta"):
+        return int(build_model(cfg).parameter_counts()["effective_depth"])
 
 
 def detect_family(state_dict: Mapping[str, Tensor]) -> str:
