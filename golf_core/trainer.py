@@ -125,6 +125,7 @@ class Trainer:
         self.step, self.train_ms, self.stopped_early, self.qat_on = 0, 0.0, False, False
         self.recur_at, self.qat_at = recurrence_start(self.mcfg, self.tcfg), qat_start(self.tcfg)
         self.last_val: dict[str, Any] | None = None
+        self._last_logged: tuple[int, float] | None = None  # (step, train ms) of the last line
         self.run_dir: Path | None = None
         self.log = RunLog(None, echo=rt.is_main)
 
@@ -265,15 +266,25 @@ class Trainer:
         t, step = self.tcfg, self.step
         tokens = step * t.train_batch_tokens
         tps = tokens / max(approx_ms / 1000.0, 1e-9)
-        remaining = (t.iterations - step) * approx_ms / step
+        # the pace since the previous line: the average from step 0 keeps a compile's or a
+        # recompile's seconds in it for the rest of the run (a compiled CPU run's first
+        # line took ~80 s of its 87), so an ETA from it overstated the rest 4x
+        since_step, since_ms = self._last_logged or (0, 0.0)
+        if step <= since_step or approx_ms <= since_ms:
+            since_step, since_ms = 0, 0.0
+        ms_per_step = (approx_ms - since_ms) / (step - since_step)
+        self._last_logged = (step, approx_ms)
+        recent_tps = t.train_batch_tokens / max(ms_per_step / 1000.0, 1e-9)
+        remaining = (t.iterations - step) * ms_per_step
         if t.max_wallclock_seconds > 0:
             remaining = min(remaining, 1000.0 * t.max_wallclock_seconds - approx_ms)
         self.log.metric({"kind": "train", "step": step, "train_loss": loss, "lr_mult": mult,
                          "tokens_seen": tokens, "train_seconds": approx_ms / 1000.0,
-                         "tokens_per_s": tps})
+                         "tokens_per_s": tps, "recent_tokens_per_s": recent_tps})
         self.log.log(f"step:{step}/{t.iterations} train_loss:{loss:.4f} "
                      f"train_time:{approx_ms:.0f}ms step_avg:{approx_ms / step:.2f}ms "
-                     f"lr_mult:{mult:.4f} tokens_per_s:{tps:.0f} eta:{_format_eta(remaining)}")
+                     f"lr_mult:{mult:.4f} tokens_per_s:{tps:.0f} recent:{recent_tps:.0f} "
+                     f"eta:{_format_eta(remaining)}")
 
     def _check_finite(self, loss: float, what: str = "") -> None:
         if not math.isfinite(loss):

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from golf_core import trainer
-from golf_core.config import SCALES, ConfigError
+from golf_core.config import SCALES, ConfigError, TrainConfig
 from golf_core.distributed import plan_batches
 from golf_core.quant import read_artifact_object
 from golf_core.runs import load_run, read_metrics
@@ -71,7 +71,7 @@ def sets(**kv) -> list[str]:
 
 def strip_timing(rows: list[dict]) -> list[dict]:
     """Metric rows without wallclock-dependent fields."""
-    timing = {"train_seconds", "tokens_per_s", "eval_seconds"}
+    timing = {"train_seconds", "tokens_per_s", "recent_tokens_per_s", "eval_seconds"}
     return [{k: v for k, v in r.items() if k not in timing} for r in rows]
 
 
@@ -363,6 +363,27 @@ def test_a_wallclock_cap_stops_training_with_the_lr_warmed_down_to_near_zero(
     assert train[-1]["step"] == summary["steps"]
     log = (Path(summary["run_dir"]) / "train.log").read_text()
     assert "stopping_early: wallclock_cap train_time:" in log
+
+
+def test_the_eta_follows_the_pace_since_the_last_line_not_since_step_0():
+    """A compile inside the first logged steps must not stay in the ETA for the whole run."""
+    from types import SimpleNamespace
+
+    tr = trainer.Trainer.__new__(trainer.Trainer)
+    tr.tcfg = TrainConfig(iterations=1000, train_batch_tokens=4096, max_wallclock_seconds=0)
+    lines, rows = [], []
+    tr.log, tr._last_logged = SimpleNamespace(log=lines.append, metric=rows.append), None
+    tr.step = 10
+    tr.log_train(4.0, 1.0, 80_000.0)  # 10 steps with an ~80 s compile in them
+    tr.step = 20
+    tr.log_train(3.9, 1.0, 81_000.0)  # then 100 ms a step
+    assert "eta:2h12m" in lines[0] and "eta:1m38s" in lines[1]  # 980 steps x 100 ms
+    assert rows[1]["recent_tokens_per_s"] == pytest.approx(40_960)
+    assert rows[1]["tokens_per_s"] == pytest.approx(20 * 4096 / 81.0)  # from step 0, as before
+    tr.step = 5  # a resumed run's first line (nothing logged in this process): from step 0
+    tr._last_logged = None
+    tr.log_train(3.8, 1.0, 500.0)
+    assert rows[2]["recent_tokens_per_s"] == pytest.approx(rows[2]["tokens_per_s"])
 
 
 def test_a_bad_environment_value_names_the_upstream_variable():
