@@ -47,11 +47,13 @@ import torch
 
 from golf_core.compile_policy import AUTO_COMPILE_MIN_STEPS, compile_mode_name
 from golf_core.config import ConfigError, ModelConfig, TrainConfig
+from golf_core.model.families import virtual_depth
 from golf_core.model.layers import (
     Block,
     attention_fp32,
     cpu_attention_fp32,
     set_cpu_attention_fp32,
+    softcapped_head,
 )
 from golf_core.newton_schulz import newton_schulz5_batched
 
@@ -92,8 +94,6 @@ MAX_PROBE_TOKENS = 8192
 def _depth(mcfg: ModelConfig) -> int:
     """`mcfg`'s virtual depth; a config its family refuses to build gets its physical layer
     count here (building the model for training then reports what is wrong)."""
-    from golf_core.model.families import virtual_depth
-
     try:
         return virtual_depth(mcfg)
     except (ValueError, ConfigError, RuntimeError):
@@ -232,8 +232,6 @@ def _block_probe(shape: ProbeShape, threads: int, attention_in_fp32: bool) -> Pr
 
 @lru_cache(maxsize=16)
 def _head_probe(shape: ProbeShape, threads: int) -> Probe:
-    from golf_core.model.layers import softcapped_head
-
     gen = torch.Generator().manual_seed(0)
     emb = torch.nn.Embedding(shape.vocab_size, shape.model_dim)  # the tied head
     with torch.no_grad():
