@@ -373,17 +373,58 @@ def pace_markdown(table: pd.DataFrame) -> str:
     return text
 
 
+def answer(gaps: pd.DataFrame, cross: pd.DataFrame) -> str:
+    """The map's answer before its numbers: at how many rungs (with an interval) the loop
+    won, lost or tied on val_bpb, up to which D/N, and whether a fitted line crosses zero
+    within the rungs measured, beyond them (an extrapolation) or not at all."""
+    bpb = gaps[(gaps["metric"] == METRICS["val_bpb"]) & (gaps["n"] > 1)]
+    if bpb.empty:
+        return "No rung has two seeds yet, so the map has no answer yet."
+    won, lost = int((bpb["ci_high"] < 0).sum()), int((bpb["ci_low"] > 0).sum())
+    top = float(gaps["flat_tokens_per_param"].max())
+    text = (f"Up to D/N {top:.0f} (training tokens per non-embedding parameter), at equal "
+            f"parameters and equal training FLOPs, the loop beat the flat model at {won} of "
+            f"the {len(bpb)} rungs with an interval, lost at {lost} and tied at "
+            f"{len(bpb) - won - lost} (95% intervals of the paired val_bpb gap).")
+    lines = cross[cross["metric"] == METRICS["val_bpb"]] if len(cross) else cross
+    within, beyond, never = [], [], []
+    for r in lines.itertuples():
+        name = f"size {r.size}'s {SHORT_PAIR_NAMES.get(r.pair, r.pair)}"
+        if math.isinf(r.crossover):
+            never.append(name)
+        elif r.crossover > r.measured_max:
+            beyond.append(f"{name} at D/N {r.crossover:.2g}")
+        else:
+            within.append(f"{name} at D/N {r.crossover:.3g} [{r.ci_low:.3g}, {r.ci_high:.3g}]")
+    said = []
+    if within:
+        said.append("crosses zero within the rungs measured for " + "; ".join(within))
+    if beyond:
+        said.append("reaches zero only beyond the highest rung, an extrapolation, for "
+                    + "; ".join(beyond))
+    if never:
+        said.append("does not fall with D/N for " + " and ".join(never))
+    if said:
+        text += " The fitted gap against ln(D/N) " + "; it ".join(said) + "."
+    return text
+
+
+SHORT_PAIR_NAMES = {"records": "records' recipe", "pr363": "PR #363 pair"}
+
+
 def headline(table: pd.DataFrame) -> str:
-    """The regime map in sentences, from the runs (what the writeup leads with)."""
+    """The regime map in sentences, from the runs (what the writeup leads with): the answer
+    first, then how much of the ladder it rests on, then each series' numbers."""
     st = status(table)
     if table.empty:
         return ("The regime ladder has no finished runs yet (`make regime` trains them into "
                 "results/regime/).")
     gaps = gap_table(table)
     bpb = gaps[gaps["metric"] == "val_bpb"]
-    parts = [f"{st['runs']} of the ladder's {st['of_runs']} runs are finished "
-             f"({st['complete_rungs']} of {st['of_rungs']} rungs with every seed)."]
     cross = crossover(table, resamples=500)
+    parts = [answer(gaps, cross),
+             f"{st['runs']} of the ladder's {st['of_runs']} runs are finished "
+             f"({st['complete_rungs']} of {st['of_rungs']} rungs with every seed)."]
     for (size, pair), g in bpb.groupby(["size", "pair"]):
         desc = ", ".join(f"D/N {r.flat_tokens_per_param:.0f}: {r.gap:+.4f}"
                          + (f" [{r.ci_low:+.4f}, {r.ci_high:+.4f}]" if r.n > 1 else "")

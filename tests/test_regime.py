@@ -142,6 +142,11 @@ def test_the_map_recovers_a_known_crossover_with_an_interval_around_it(tmp_path)
     assert cross["ci_low"] < math.exp(2) < cross["ci_high"]
     assert cross["crossover"] == pytest.approx(math.exp(2), rel=0.15)
     assert "loop wins at the highest rung" in cross["statement"]
+    said = regime_map.answer(gaps, regime_map.crossover(runs, resamples=300))
+    # gaps 0.02 - 0.01 ln(D/N): a loss at D/N 2 and 5.3, a win from 14 on
+    assert "the loop beat the flat model at 3 of the 5 rungs with an interval, lost at 2" in said
+    assert "crosses zero within the rungs measured for size A's records' recipe at D/N 7." in said
+    assert regime_map.headline(runs).startswith(said.split(" The fitted")[0])  # answer first
 
 
 def test_a_loop_that_never_catches_up_gets_a_bound_not_a_number(tmp_path):
@@ -150,6 +155,10 @@ def test_a_loop_that_never_catches_up_gets_a_bound_not_a_number(tmp_path):
     cross = regime_map.crossover(runs, resamples=100).iloc[0]
     assert cross["statement"].startswith("no crossover below D/N 100")
     assert "Over ln(D/N): no crossover below D/N 100" in regime_map.headline(runs)
+    said = regime_map.answer(regime_map.gap_table(runs), regime_map.crossover(runs, resamples=50))
+    assert "beat the flat model at 0 of the 5 rungs with an interval, lost at 5 and tied at 0" in (
+        said)
+    assert "extrapolation" in said or "does not fall" in said
 
 
 def test_a_top_rung_with_one_seed_is_said_to_have_no_interval_yet(tmp_path):
@@ -161,6 +170,9 @@ def test_a_top_rung_with_one_seed_is_said_to_have_no_interval_yet(tmp_path):
     cross = regime_map.crossover(regime_map.runs_table(tmp_path), resamples=50).iloc[0]
     assert cross["statement"].startswith(f"at the highest rung (D/N {top:.0f}: +0.0")
     assert "1 seed, no interval yet" in cross["statement"] and "nan" not in cross["statement"]
+    said = regime_map.answer(regime_map.gap_table(regime_map.runs_table(tmp_path)),
+                             pd.DataFrame())
+    assert "of the 4 rungs with an interval" in said  # the one-seed rung is not counted
 
 
 def test_delayed_vs_always_pairs_the_two_loops_by_seed(tmp_path):
