@@ -14,22 +14,36 @@ Kernel and reference are timed in alternating order, `--repeat` times each after
 so load from other processes hits both alike; the table gives the medians and the speed-up,
 the JSON (benchmarks/results/<machine>_kernels.json) every sample. Where a kernel is not built
 (no C++ compiler) its rows say so and the reference alone is timed.
+
+`--against REV` times our kernels against themselves as built from git revision REV (their
+csrc sources and headers at REV) instead of PyTorch's paths, alternating the two builds in
+one process, and says whether both gave the same bits. That is the A/B a kernel change needs
+here: this VM's speed drifts up to 1.4x between processes minutes apart (session 11), so two
+processes timed one after the other cannot show a 5-10% change. JSON:
+benchmarks/results/<machine>_kernels-against-<REV>.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import os
+import re
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import ModuleType
 
 import torch
 import torch.nn.functional as F
 
 from benchmarks.run import _table, _write_json, add_timing_args, cpu_results_path, machine_info
-from golf_core.model import attention_kernel, softcap_ce_kernel
+from golf_core.model import attention_kernel, cpu_build, softcap_ce_kernel
 
 CAP = 30.0
 ATTENTION_SHAPES = ((16, 2, 1, 256, 8), (16, 2, 1, 256, 16), (16, 4, 2, 256, 16),
@@ -39,11 +53,61 @@ CASES = ("attention", "cross_entropy", "head")
 
 
 def _fwd_bwd(fn: Callable[[], torch.Tensor], inputs: tuple[torch.Tensor, ...],
-             grad: torch.Tensor | None = None) -> Callable[[], None]:
-    def step() -> None:
+             grad: torch.Tensor | None = None) -> Callable[[], tuple[torch.Tensor, ...]]:
+    def step() -> tuple[torch.Tensor, ...]:  # the output and its input gradients
         out = fn()
-        torch.autograd.grad(out, inputs, grad if out.dim() else None)
+        return (out.detach(), *torch.autograd.grad(out, inputs, grad if out.dim() else None))
     return step
+
+
+REPO = Path(__file__).resolve().parent.parent
+MODULES = {"attention": attention_kernel, "cross_entropy": softcap_ce_kernel,
+           "head": softcap_ce_kernel}
+
+
+class AgainstError(Exception):
+    """--against REV cannot be built: the message says why, in one line."""
+
+
+def build_at(rev: str, module: ModuleType) -> ctypes.CDLL:
+    """`module`'s kernel built from its source and csrc's headers as they are at git revision
+    `rev` (in a temporary folder; the build lands in the kernel cache like any other)."""
+    csrc = module.SOURCE.parent.relative_to(REPO).as_posix()
+    listed = subprocess.run(["git", "-C", str(REPO), "ls-tree", "--name-only", f"{rev}:{csrc}"],
+                            capture_output=True, text=True)
+    if listed.returncode != 0:
+        last = (listed.stderr.strip().splitlines() or ["no output"])[-1]
+        raise AgainstError(f"--against {rev}: git cannot list {csrc} at it ({last})")
+    names = [n for n in listed.stdout.split() if n == module.SOURCE.name or n.endswith(".h")]
+    if module.SOURCE.name not in names:
+        raise AgainstError(f"--against {rev}: {csrc}/{module.SOURCE.name} does not exist there")
+    folder = Path(tempfile.mkdtemp(prefix="golf-kernel-"))
+    for name in names:
+        text = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:{csrc}/{name}"],
+                              capture_output=True, text=True, check=True).stdout
+        (folder / name).write_text(text)
+    lib = cpu_build.load(folder / module.SOURCE.name, *module.BUILD)
+    if lib is None:
+        raise AgainstError(f"--against {rev}: {module.SOURCE.name} at it did not build")
+    return lib
+
+
+@contextlib.contextmanager
+def _built(module: ModuleType, lib: ctypes.CDLL) -> Iterator[None]:
+    """`module`'s ops call `lib` inside the block (they look up `_library()` on each call)."""
+    saved = module._library
+    module._library = lambda: lib
+    try:
+        yield
+    finally:
+        module._library = saved
+
+
+def _at(module: ModuleType, lib: ctypes.CDLL, fn: Callable[[], tuple]) -> Callable[[], tuple]:
+    def run() -> tuple:
+        with _built(module, lib):
+            return fn()
+    return run
 
 
 def _attention_pairs(shape):
@@ -98,8 +162,12 @@ def _time(kernel, reference, ok: bool, warmup: int, repeat: int) -> dict:
             "kernel_built": ok, "samples_ms": samples}
 
 
-def rows_for(cases: tuple[str, ...], warmup: int, repeat: int) -> list[dict]:
-    """Every (case, shape) row: medians, speed-up and samples."""
+def rows_for(cases: tuple[str, ...], warmup: int, repeat: int,
+             against: str = "") -> list[dict]:
+    """Every (case, shape) row: medians, speed-up and samples; with `against` the reference is
+    our kernel built at that git revision, and `identical` says whether both gave the same
+    output and gradients bit for bit."""
+    libs = {case: build_at(against, MODULES[case]) for case in cases} if against else {}
     plan = []
     if "attention" in cases:
         plan += [("attention", "SDPA", *_attention_pairs(s)) for s in ATTENTION_SHAPES]
@@ -109,11 +177,15 @@ def rows_for(cases: tuple[str, ...], warmup: int, repeat: int) -> list[dict]:
         plan += [("head", "F.linear + loss kernel", *_head_pair(d)) for d in HEAD_WIDTHS]
     rows = []
     for case, reference, shape, kernel, ref, ok in plan:
+        if against:
+            reference, ref = f"ours at {against}", _at(MODULES[case], libs[case], kernel)
         row = {"case": case, "shape": shape, "reference": reference}
+        if against and ok:
+            row["identical"] = all(torch.equal(a, b) for a, b in zip(kernel(), ref()))
         row.update(_time(kernel, ref, ok, warmup, repeat))
         rows.append(row)
         print(_table([row], ["case", "shape", "reference", "kernel_ms", "reference_ms",
-                             "speedup"]), flush=True)
+                             "speedup", *(["identical"] if against else [])]), flush=True)
     return rows
 
 
@@ -122,6 +194,8 @@ def _parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cases", default=",".join(CASES),
                    help=f"comma-separated, of {', '.join(CASES)}")
+    p.add_argument("--against", default="", metavar="REV",
+                   help="time the kernels against their own build at git revision REV")
     add_timing_args(p, warmup=3, repeat=15)
     return p
 
@@ -136,11 +210,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     load0 = os.getloadavg()
-    rows = rows_for(cases, args.warmup, args.repeat)
+    try:
+        rows = rows_for(cases, args.warmup, args.repeat, args.against)
+    except AgainstError as e:
+        print(f"benchmarks.kernels: {e}", file=sys.stderr)
+        return 2
     machine = machine_info(torch.device("cpu"))
     result = {"machine": machine, "threads": torch.get_num_threads(), "dtype": "float32",
-              "loadavg_before": load0, "loadavg_after": os.getloadavg(), "rows": rows}
-    out = cpu_results_path(machine, "kernels", args.out)
+              "loadavg_before": load0, "loadavg_after": os.getloadavg(), "rows": rows,
+              "against": args.against or None}
+    kind = f"kernels-against-{re.sub(r'[^A-Za-z0-9._-]', '_', args.against)}" if (
+        args.against) else "kernels"
+    out = cpu_results_path(machine, kind, args.out)
     _write_json(result, out)
     print(f"\nwrote {out}")
     return 0

@@ -282,3 +282,46 @@ def test_the_kernel_bench_rejects_an_unknown_case_with_exit_code_2(capsys):
 
     assert kernels.main(["--cases", "softmax"]) == 2
     assert "--cases ['softmax'] not of attention, cross_entropy, head" in capsys.readouterr().err
+
+
+def test_the_kernel_bench_against_a_revision_swaps_in_that_build_and_compares_the_bits(
+        tmp_path, monkeypatch, capsys):
+    """--against REV: the reference is our kernel built from REV's sources, called in the
+    same process. Here REV's build is stood in by the current source with one exp coefficient
+    changed, so the bits must differ; and HEAD's own sources build and load."""
+    from benchmarks import kernels
+    from golf_core.model import cpu_build, softcap_ce_kernel
+
+    if not softcap_ce_kernel._available():
+        pytest.skip("no C++ compiler: the kernel is not built")
+    if not (kernels.REPO / ".git").exists():
+        pytest.skip("not a git checkout: no revision to build")
+    head = kernels.build_at("HEAD", softcap_ce_kernel)
+    assert hasattr(head, "golf_softcap_cross_entropy")
+    csrc = softcap_ce_kernel.SOURCE.parent
+    for f in [softcap_ce_kernel.SOURCE, *csrc.glob("*.h")]:
+        text = f.read_text()
+        (tmp_path / f.name).write_text(text.replace("1.6666665459E-1f", "1.6666E-1f"))
+    changed = cpu_build.load(tmp_path / softcap_ce_kernel.SOURCE.name, *softcap_ce_kernel.BUILD)
+    monkeypatch.setattr(kernels, "build_at", lambda rev, module: changed)
+    out = tmp_path / "k.json"
+    assert kernels.main(["--cases", "cross_entropy", "--against", "v0", "--repeat", "1",
+                         "--warmup", "0", "--threads", "1", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    row = result["rows"][0]
+    assert result["against"] == "v0" and row["reference"] == "ours at v0"
+    assert row["identical"] is False and row["kernel_ms"] > 0 and row["reference_ms"] > 0
+    assert softcap_ce_kernel._library() is not changed  # the swap ends with the call
+    assert "identical" in capsys.readouterr().out
+
+
+def test_the_kernel_bench_names_a_revision_it_cannot_read(capsys):
+    from benchmarks import kernels
+
+    if not (kernels.REPO / ".git").exists():
+        pytest.skip("not a git checkout: no revision to read")
+
+    assert kernels.main(["--cases", "cross_entropy", "--against", "no-such-rev"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("benchmarks.kernels: --against no-such-rev: git cannot list")
+    assert err.count("\n") == 1

@@ -43,14 +43,20 @@ def kernel_mode() -> str:
     return "kernel" if _mode == "auto" and _available() else "sdpa"
 
 
+_i64, _f32p, _flt, _cint = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float, ctypes.c_int
+# What cpu_build.load needs besides the source: names for its warning, and each entry point's
+# argument types (benchmarks.kernels --against builds another revision's source with them).
+BUILD = ("attention kernel", "attention", {
+    "golf_attention_forward": [_f32p, _i64, _i64, _i64] * 4 + [_f32p] + [_i64] * 5
+    + [_flt, _cint],
+    "golf_attention_backward": [_f32p] * 10 + [_i64] * 5 + [_flt, _cint],
+})
+
+
 @functools.cache
 def _library() -> ctypes.CDLL | None:
     """The built kernel (built on the first call), or None where it cannot be built."""
-    i64, f32p, flt, cint = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float, ctypes.c_int
-    return cpu_build.load(SOURCE, "attention kernel", "attention", {
-        "golf_attention_forward": [f32p, i64, i64, i64] * 4 + [f32p] + [i64] * 5 + [flt, cint],
-        "golf_attention_backward": [f32p] * 10 + [i64] * 5 + [flt, cint],
-    })
+    return cpu_build.load(SOURCE, *BUILD)
 
 
 @torch._dynamo.assume_constant_result

@@ -45,16 +45,21 @@ def kernel_mode() -> str:
     return "kernel" if _mode == "auto" and _available() else "torch"
 
 
+_i64, _ptr = ctypes.c_int64, ctypes.c_void_p
+# What cpu_build.load needs besides the source: names for its warning, and each entry point's
+# argument types (benchmarks.kernels --against builds another revision's source with them).
+BUILD = ("cross-entropy kernel", "cross-entropy", {
+    "golf_softcap_cross_entropy": [_ptr, _i64, _ptr, _i64, _i64, ctypes.c_float, _ptr, _ptr,
+                                   ctypes.c_int],
+    "golf_softcap_head_cross_entropy": [_ptr, _i64, _ptr, _i64, _ptr, _i64, _i64, _i64,
+                                        ctypes.c_float, _ptr, _ptr, _ptr, ctypes.c_int],
+})
+
+
 @functools.cache
 def _library() -> ctypes.CDLL | None:
     """The built kernel (built on the first call), or None where it cannot be built."""
-    i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    return cpu_build.load(SOURCE, "cross-entropy kernel", "cross-entropy", {
-        "golf_softcap_cross_entropy": [ptr, i64, ptr, i64, i64, ctypes.c_float, ptr, ptr,
-                                       ctypes.c_int],
-        "golf_softcap_head_cross_entropy": [ptr, i64, ptr, i64, ptr, i64, i64, i64,
-                                            ctypes.c_float, ptr, ptr, ptr, ctypes.c_int],
-    })
+    return cpu_build.load(SOURCE, *BUILD)
 
 
 @torch._dynamo.assume_constant_result
