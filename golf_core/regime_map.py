@@ -393,9 +393,10 @@ def answer(gaps: pd.DataFrame, cross: pd.DataFrame) -> str:
         if math.isinf(r.crossover):
             never.append(name)
         elif r.crossover > r.measured_max:
-            beyond.append(f"{name} at D/N {r.crossover:.2g}")
+            beyond.append(f"{name} at D/N {_ratio(r.crossover)}")
         else:
-            within.append(f"{name} at D/N {r.crossover:.3g} [{r.ci_low:.3g}, {r.ci_high:.3g}]")
+            within.append(f"{name} at D/N {_ratio(r.crossover)} [{_ratio(r.ci_low)}, "
+                          f"{_ratio(r.ci_high)}]")
     said = []
     if within:
         said.append("crosses zero within the rungs measured for " + "; ".join(within))
@@ -410,6 +411,11 @@ def answer(gaps: pd.DataFrame, cross: pd.DataFrame) -> str:
 
 
 SHORT_PAIR_NAMES = {"records": "records' recipe", "pr363": "PR #363 pair"}
+
+
+def _ratio(x: float) -> str:
+    """A D/N in words: 7.64, 660, 6.1e+04."""
+    return f"{x:.3g}" if x < 1000 else f"{x:,.0f}" if x < 1e4 else f"{x:.2g}"
 
 
 def headline(table: pd.DataFrame) -> str:
