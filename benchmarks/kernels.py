@@ -71,7 +71,8 @@ class AgainstError(Exception):
 
 def build_at(rev: str, module: ModuleType) -> ctypes.CDLL:
     """`module`'s kernel built from its source and csrc's headers as they are at git revision
-    `rev` (in a temporary folder; the build lands in the kernel cache like any other)."""
+    `rev` (copied to a temporary folder, removed after the build, which lands in the kernel
+    cache like any other)."""
     csrc = module.SOURCE.parent.relative_to(REPO).as_posix()
     listed = subprocess.run(["git", "-C", str(REPO), "ls-tree", "--name-only", f"{rev}:{csrc}"],
                             capture_output=True, text=True)
@@ -81,12 +82,13 @@ def build_at(rev: str, module: ModuleType) -> ctypes.CDLL:
     names = [n for n in listed.stdout.split() if n == module.SOURCE.name or n.endswith(".h")]
     if module.SOURCE.name not in names:
         raise AgainstError(f"--against {rev}: {csrc}/{module.SOURCE.name} does not exist there")
-    folder = Path(tempfile.mkdtemp(prefix="golf-kernel-"))
-    for name in names:
-        text = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:{csrc}/{name}"],
-                              capture_output=True, text=True, check=True).stdout
-        (folder / name).write_text(text)
-    lib = cpu_build.load(folder / module.SOURCE.name, *module.BUILD)
+    with tempfile.TemporaryDirectory(prefix="golf-kernel-") as tmp:  # the build is cached
+        folder = Path(tmp)
+        for name in names:
+            text = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:{csrc}/{name}"],
+                                  capture_output=True, text=True, check=True).stdout
+            (folder / name).write_text(text)
+        lib = cpu_build.load(folder / module.SOURCE.name, *module.BUILD)
     if lib is None:
         raise AgainstError(f"--against {rev}: {module.SOURCE.name} at it did not build")
     return lib
@@ -167,7 +169,9 @@ def rows_for(cases: tuple[str, ...], warmup: int, repeat: int,
     """Every (case, shape) row: medians, speed-up and samples; with `against` the reference is
     our kernel built at that git revision, and `identical` says whether both gave the same
     output and gradients bit for bit."""
-    libs = {case: build_at(against, MODULES[case]) for case in cases} if against else {}
+    # one build per kernel module (cross_entropy and head share one)
+    built = {m: build_at(against, m) for m in {MODULES[c] for c in cases}} if against else {}
+    libs = {case: built[MODULES[case]] for case in cases} if against else {}
     plan = []
     if "attention" in cases:
         plan += [("attention", "SDPA", *_attention_pairs(s)) for s in ATTENTION_SHAPES]
