@@ -22,10 +22,10 @@ attention kernel (2.5x slower in bf16 at head_dim 16 here) can outweigh the fast
   (AVX-512 BF16), 4,096 tokens, whole compiled step fwd + bwd + Adam: PR #1204 w32 fp32 149
   vs bf16 275 ms, where one block alone measured 10.9 vs 15.1 ms, so 13 blocks explain 54 of
   the 125 ms bf16 lost; PR #325's 3x3 w32 152 vs 279 ms (block 8.7 vs 12.6). A block alone
-  undersold fp32, and under a competing load the block probe picked bf16 once in three. A run that
-  compiles its blocks probes the block compiled, since compiling fuses the casts bf16 adds
-  into the neighbouring kernels and so changes the answer (measured: 4 x 128, 2,048 tokens,
-  eager 200 vs 200 ms/step, compiled 208 fp32 vs 171 bf16);
+  undersold fp32, and under a competing load the block probe picked bf16 once in three. A
+  run that compiles its blocks probes the block compiled, since compiling fuses the casts bf16
+  adds into the neighbouring kernels and so changes the answer (measured: 4 x 128, 2,048
+  tokens, eager 200 vs 200 ms/step, compiled 208 fp32 vs 171 bf16);
 * Newton-Schulz: `newton_schulz5_batched` over one block's matrix shapes, in fp32 and bf16.
 
 Each probe takes tens of milliseconds (it stops early once one side is clearly slower), is
