@@ -251,7 +251,7 @@ def _fitted(est: float, lo: float, hi: float, top: float) -> str:
     if math.isinf(est):
         return "the fitted line does not fall with D/N (no crossover from loss to gain)"
     where = " (beyond the highest rung: an extrapolation)" if est > top else ""
-    return f"fitted crossover D/N {est:.3g} [{lo:.3g}, {hi:.3g}]{where}"
+    return f"fitted crossover D/N {_ratio(est)} [{_ratio(lo)}, {_ratio(hi)}]{where}"
 
 
 def _statement(est: float, lo: float, hi: float, top: float, g: pd.DataFrame,

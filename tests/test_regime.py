@@ -219,6 +219,14 @@ def test_a_nearly_flat_bootstrap_line_is_a_far_crossover_not_an_overflow():
     assert regime_map._root(0.02, 0.0) == math.inf and regime_map._root(-0.02, 0.01) == math.inf
 
 
+def test_a_fitted_crossover_is_written_in_plain_numbers_and_called_an_extrapolation_past_the_top():
+    said = regime_map._fitted(540.2, 270.4, 1160.4, top=100.0)
+    assert said == ("fitted crossover D/N 540 [270, 1,160] "
+                    "(beyond the highest rung: an extrapolation)")
+    inside = regime_map._fitted(7.391, 5.02, 11.3, top=100.0)
+    assert inside == "fitted crossover D/N 7.39 [5.02, 11.3]"
+
+
 def test_status_and_pace_count_rungs_as_their_run_names_spell_them(tmp_path):
     """Run names spell a rung with three digits (D/N 14.14 -> r14.1): a rung is complete only
     with every seed of every arm, and what is left is priced at the plan's FLOPs."""
