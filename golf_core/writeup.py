@@ -84,6 +84,23 @@ def _decided(findings: pd.DataFrame) -> pd.DataFrame:
     return paired[paired["verdict"].isin(["reproduced", "opposite", "equivalent"])]
 
 
+def _verdict_line(r: dict[str, Any]) -> str:
+    return (f"`{_claim_name(r['claim'])}`: **{r['verdict']}**, {r['diff']:+.4f} "
+            f"[{r['ci_low']:+.4f}, {r['ci_high']:+.4f}] over {int(r['n'])} seeds, "
+            f"{r['regime'] or 'study scale'}")
+
+
+def claim_line(findings: pd.DataFrame, specs: Sequence[Any], name: str) -> str:
+    """One claim's verdict as the answer lists it (`name`: **verdict**, a - b [95%] over n
+    seeds, D/N (N)), for prose elsewhere that cites the study; says so where the claim
+    is not decided in this checkout."""
+    table = with_regime(findings, specs) if len(findings) else findings
+    rows = [r for r in table.to_dict("records") if _claim_name(r["claim"]) == name]
+    if not rows or rows[0]["n"] != rows[0]["n"]:
+        return f"`{name}`: not decided in this checkout (`make study`)"
+    return _verdict_line(rows[0])
+
+
 def abstract_markdown(findings: pd.DataFrame, specs: Sequence[Any],
                       regime_runs: pd.DataFrame | None = None) -> str:
     """The answer in sentences, with numbers and intervals read from the runs."""
@@ -99,10 +116,7 @@ def abstract_markdown(findings: pd.DataFrame, specs: Sequence[Any],
             "parameters. Its decided verdicts (loop arm a minus its pair b, val_bpb or the "
             "gap named, 95% interval) therefore hold at small D/N, not at the records' "
             "constraints:")
-        parts.append("\n".join(
-            f"- `{_claim_name(r['claim'])}`: **{r['verdict']}**, {r['diff']:+.4f} "
-            f"[{r['ci_low']:+.4f}, {r['ci_high']:+.4f}] over {int(r['n'])} seeds, "
-            f"{r['regime'] or 'study scale'}" for r in decided.to_dict("records")))
+        parts.append("\n".join(f"- {_verdict_line(r)}" for r in decided.to_dict("records")))
     else:
         parts.append("**The study** has no decided verdict in this checkout (`make study`).")
     parts.append("Measured: the numbers above, on a 2-core CPU, at the parameters and tokens "
