@@ -338,6 +338,15 @@ def status(table: pd.DataFrame) -> dict[str, int]:
             "of_rungs": len(want)}
 
 
+def progress(st: dict[str, int]) -> str:
+    """`status` in a sentence: complete, or how much of the ladder has finished."""
+    if st["complete_rungs"] >= st["of_rungs"]:
+        return (f"The ladder is complete: all {st['of_runs']} runs, {st['of_rungs']} rungs with "
+                "every seed.")
+    return (f"{st['runs']} of the ladder's {st['of_runs']} runs are finished "
+            f"({st['complete_rungs']} of {st['of_rungs']} rungs with every seed).")
+
+
 def pace(table: pd.DataFrame, recent: int = 10, jobs: int = 2) -> dict[str, float]:
     """What is left of the ladder: runs and planned training FLOPs finished and left, and the
     hours left with `jobs` runs at a time at the pace of the `recent` last-started finished
@@ -428,9 +437,7 @@ def headline(table: pd.DataFrame) -> str:
     gaps = gap_table(table)
     bpb = gaps[gaps["metric"] == "val_bpb"]
     cross = crossover(table, resamples=500)
-    parts = [answer(gaps, cross),
-             f"{st['runs']} of the ladder's {st['of_runs']} runs are finished "
-             f"({st['complete_rungs']} of {st['of_rungs']} rungs with every seed)."]
+    parts = [answer(gaps, cross), progress(st)]
     for (size, pair), g in bpb.groupby(["size", "pair"]):
         desc = ", ".join(f"D/N {r.flat_tokens_per_param:.0f}: {r.gap:+.4f}"
                          + (f" [{r.ci_low:+.4f}, {r.ci_high:+.4f}]" if r.n > 1 else "")

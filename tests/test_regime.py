@@ -256,6 +256,27 @@ def test_status_and_pace_count_rungs_as_their_run_names_spell_them(tmp_path):
     assert "~" in regime_map.pace_markdown(runs) and "CPU X" in regime_map.pace_markdown(runs)
 
 
+def test_the_ladder_is_called_complete_only_with_every_seed_of_every_arm_of_every_rung(tmp_path):
+    planned = [(r, arm, seed) for r in regime.rungs() for arm in r.arms
+               for seed in regime.seeds_for(r.size, r.ratio, r.pair)]
+    for r, arm, seed in planned:
+        run = tmp_path / f"regime-{r.label}-{arm}-s{seed}-abcdef"
+        run.mkdir()
+        (run / "config.json").write_text(json.dumps({"model": {"model_dim": 32}}))
+        (run / "summary.json").write_text(json.dumps({
+            "val_bpb": 2.0, "tokens_seen": 1, "steps": 1, "params": {"total": 1}}))
+    st = regime_map.status(regime_map.runs_table(tmp_path))
+    assert st["runs"] == st["of_runs"] == len(planned)
+    assert regime_map.progress(st) == (f"The ladder is complete: all {len(planned)} runs, "
+                                       f"{st['of_rungs']} rungs with every seed.")
+    r, arm, seed = planned[-1]  # the top-up's last run
+    shutil.rmtree(tmp_path / f"regime-{r.label}-{arm}-s{seed}-abcdef")
+    st = regime_map.status(regime_map.runs_table(tmp_path))
+    assert regime_map.progress(st) == (
+        f"{len(planned) - 1} of the ladder's {len(planned)} runs are finished "
+        f"({st['of_rungs'] - 1} of {st['of_rungs']} rungs with every seed).")
+
+
 def test_a_runs_training_flops_come_from_its_own_files_and_equal_the_plans():
     # the committed top rung of the records' pair: each arm's FLOPs, read from its config.json
     # and summary.json (the delayed loop's steps before the switch at the loop-off cost), are
