@@ -423,13 +423,14 @@ SHORT_PAIR_NAMES = {"records": "records' recipe", "pr363": "PR #363 pair"}
 
 
 def _ratio(x: float) -> str:
-    """A D/N in words: 7.64, 660, 6.1e+04."""
-    return f"{x:.3g}" if x < 1000 else f"{x:,.0f}" if x < 1e4 else f"{x:.2g}"
+    """A D/N in words, three significant digits: 7.64, 660, 1,160, 6.1e+04."""
+    return f"{x:.3g}" if x < 1000 else f"{float(f'{x:.3g}'):,.0f}" if x < 1e4 else f"{x:.2g}"
 
 
 def headline(table: pd.DataFrame) -> str:
-    """The regime map in sentences, from the runs (what the writeup leads with): the answer
-    first, then how much of the ladder it rests on, then each series' numbers."""
+    """The regime map in Markdown, from the runs (what the writeup leads with): a paragraph
+    with the answer and how much of the ladder it rests on, then one bullet per series with
+    its numbers, and one for the delayed-vs-always-on arm."""
     st = status(table)
     if table.empty:
         return ("The regime ladder has no finished runs yet (`make regime` trains them into "
@@ -437,25 +438,26 @@ def headline(table: pd.DataFrame) -> str:
     gaps = gap_table(table)
     bpb = gaps[gaps["metric"] == "val_bpb"]
     cross = crossover(table, resamples=500)
-    parts = [answer(gaps, cross), progress(st)]
+    bullets = []
     for (size, pair), g in bpb.groupby(["size", "pair"]):
         desc = ", ".join(f"D/N {r.flat_tokens_per_param:.0f}: {r.gap:+.4f}"
                          + (f" [{r.ci_low:+.4f}, {r.ci_high:+.4f}]" if r.n > 1 else "")
                          for r in g.sort_values("rung").itertuples())
         name = PAIR_NAMES.get(pair, pair)
-        parts.append(f"Size {size}, {name}: loop - flat val_bpb {desc}.")
+        line = f"Size {size}, {name}: loop - flat val_bpb {desc}."
         c = cross[(cross["size"] == size) & (cross["pair"] == pair)] if len(cross) else cross
         if len(c):
-            parts.append(f"Over ln(D/N): {c['statement'].iloc[0]}.")
+            line += f" Over ln(D/N): {c['statement'].iloc[0]}."
+        bullets.append(line)
     always = delayed_vs_always(table)
     for r in always[always["metric"] == "val_bpb"].itertuples():
         if r.n:
-            parts.append(
+            bullets.append(
                 f"Delayed (48%) minus always-on loop at size {r.size}, D/N "
                 f"{r.flat_tokens_per_param:.0f}: {r.diff:+.4f}"
                 + (f" [{r.ci_low:+.4f}, {r.ci_high:+.4f}]" if r.n > 1 else "")
                 + f" over {r.n} seed{'s' if r.n > 1 else ''}.")
-    return " ".join(parts)
+    return "\n".join([f"{answer(gaps, cross)} {progress(st)}\n", *(f"- {b}" for b in bullets)])
 
 
 PAIR_NAMES = {"records": "the records' recipe (PR #1204, layers 4,5 looped from 48%)",
@@ -542,8 +544,7 @@ def plan_markdown_rows(corpus_tokens: int | None = None) -> pd.DataFrame:
 def main() -> int:
     """`python -m golf_core.regime_map`: the map in sentences and what is left to run."""
     table = runs_table()
-    print(headline(table))
-    print(pace_markdown(table))
+    print(headline(table), pace_markdown(table), sep="\n\n")
     return 0
 
 

@@ -146,7 +146,10 @@ def test_the_map_recovers_a_known_crossover_with_an_interval_around_it(tmp_path)
     # gaps 0.02 - 0.01 ln(D/N): a loss at D/N 2 and 5.3, a win from 14 on
     assert "the loop beat the flat model at 3 of the 5 rungs with an interval, lost at 2" in said
     assert "crosses zero within the rungs measured for size A's records' recipe at D/N 7." in said
-    assert regime_map.headline(runs).startswith(said.split(" The fitted")[0])  # answer first
+    text = regime_map.headline(runs)
+    assert text.startswith(said.split(" The fitted")[0])  # answer first
+    first, rest = text.split("\n\n")  # then one bullet per series: Markdown for the writeup
+    assert "loop - flat val_bpb" not in first and rest.startswith("- Size A, the records' recipe")
 
 
 def test_a_loop_that_never_catches_up_gets_a_bound_not_a_number(tmp_path):
