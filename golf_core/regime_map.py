@@ -503,7 +503,8 @@ def plot_map(table: pd.DataFrame, metric: str = "val_bpb"):
         ax.set_title(f"size {size}" + (f" ({int(g['non_embedding'].iloc[0]):,} non-embedding "
                                        "params)" if not g.empty else ""), fontsize=10)
     axes[0][0].set_ylabel(f"{METRICS[metric]}: loop - flat (bpb)")
-    axes[0][-1].legend(fontsize=7, loc="best")
+    for ax in axes[0]:  # each panel its own: its pairs and its size's law crossover
+        ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     return fig
 

@@ -152,6 +152,18 @@ def test_the_map_recovers_a_known_crossover_with_an_interval_around_it(tmp_path)
     assert "loop - flat val_bpb" not in first and rest.startswith("- Size A, the records' recipe")
 
 
+def test_every_panel_of_the_map_names_its_series_and_its_sizes_law_crossover(tmp_path):
+    _synthetic(tmp_path, a=0.02, b=-0.01, noise=0.002)
+    fig = regime_map.plot_map(regime_map.runs_table(tmp_path))
+    law = regime_map.law_crossover(regime_map.plan_facts()[("A", "records", "flat")]
+                                   ["non_embedding"])
+    for ax in fig.axes:
+        labels = [t.get_text() for t in ax.get_legend().get_texts()]
+        if ax.get_title().startswith("size A"):
+            assert "the records' recipe" in labels and f"law's crossover ({law:.0f})" in labels
+        assert any(t.startswith("records' D/N") for t in labels)
+
+
 def test_a_loop_that_never_catches_up_gets_a_bound_not_a_number(tmp_path):
     _synthetic(tmp_path, a=0.05, b=-0.002, noise=0.001)  # still +0.04 at D/N 100
     runs = regime_map.runs_table(tmp_path)
