@@ -61,7 +61,8 @@ data: venv
 
 # REPORT_SCALE: cpu (default; from a fresh clone, install included: 2-core Intel Xeon,
 # 2026-12-01: 13.7 min, 13.5 min with CPU_ISA=avx2; 2-core AMD EPYC Zen 4, 2026-12-03, the
-# regime ladder niced beside it: 21 min, 14.8 of them training), ci (tiny, ~3-5 min) or gpu
+# regime ladder niced beside it: 21 min, 14.8 of them training; quiet, installed: 9.4 min),
+# ci (tiny, ~3-5 min) or gpu
 # (upstream sizes, with REPORT_ARGS="--data-path DIR --tokenizer-path FILE --nproc 8").
 # See report/README.md.
 REPORT_SCALE ?= cpu
