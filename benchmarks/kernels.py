@@ -171,7 +171,6 @@ def rows_for(cases: tuple[str, ...], warmup: int, repeat: int,
     output and gradients bit for bit."""
     # one build per kernel module (cross_entropy and head share one)
     built = {m: build_at(against, m) for m in {MODULES[c] for c in cases}} if against else {}
-    libs = {case: built[MODULES[case]] for case in cases} if against else {}
     plan = []
     if "attention" in cases:
         plan += [("attention", "SDPA", *_attention_pairs(s)) for s in ATTENTION_SHAPES]
@@ -182,7 +181,8 @@ def rows_for(cases: tuple[str, ...], warmup: int, repeat: int,
     rows = []
     for case, reference, shape, kernel, ref, ok in plan:
         if against:
-            reference, ref = f"ours at {against}", _at(MODULES[case], libs[case], kernel)
+            module = MODULES[case]
+            reference, ref = f"ours at {against}", _at(module, built[module], kernel)
         row = {"case": case, "shape": shape, "reference": reference}
         if against and ok:
             row["identical"] = all(torch.equal(a, b) for a, b in zip(kernel(), ref()))

@@ -457,7 +457,7 @@ def headline(table: pd.DataFrame) -> str:
                 f"{r.flat_tokens_per_param:.0f}: {r.diff:+.4f}"
                 + (f" [{r.ci_low:+.4f}, {r.ci_high:+.4f}]" if r.n > 1 else "")
                 + f" over {r.n} seed{'s' if r.n > 1 else ''}.")
-    return "\n".join([f"{answer(gaps, cross)} {progress(st)}\n", *(f"- {b}" for b in bullets)])
+    return f"{answer(gaps, cross)} {progress(st)}\n\n" + "\n".join(f"- {b}" for b in bullets)
 
 
 PAIR_NAMES = {"records": "the records' recipe (PR #1204, layers 4,5 looped from 48%)",

@@ -94,11 +94,10 @@ def claim_line(findings: pd.DataFrame, specs: Sequence[Any], name: str) -> str:
     """One claim's verdict as the answer lists it (`name`: **verdict**, a - b [95%] over n
     seeds, D/N (N)), for prose elsewhere that cites the study; says so where the claim
     is not decided in this checkout."""
-    table = with_regime(findings, specs) if len(findings) else findings
-    rows = [r for r in table.to_dict("records") if _claim_name(r["claim"]) == name]
-    if not rows or rows[0]["n"] != rows[0]["n"]:
+    rows = findings[[_claim_name(c) == name for c in findings["claim"]]]
+    if not len(rows) or rows["n"].iloc[0] != rows["n"].iloc[0]:  # absent, or not paired (NaN)
         return f"`{name}`: not decided in this checkout (`make study`)"
-    return _verdict_line(rows[0])
+    return _verdict_line(with_regime(rows.head(1), specs).iloc[0].to_dict())
 
 
 def abstract_markdown(findings: pd.DataFrame, specs: Sequence[Any],
