@@ -20,6 +20,7 @@ from golf_core.config import ModelConfig, TrainConfig
 from golf_core.model import GPT, CausalSelfAttention, apply_rotary_emb, rms_norm
 from golf_core.model.layers import (
     Block,
+    Embedding,
     Rotary,
     apply_rotary_full,
     fast_rms_norm,
@@ -227,3 +228,28 @@ def test_a_compiled_blocks_run_resumes_exactly(tmp_path):
     wb = torch.load(b / "final_model.pt", weights_only=True)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert "compile:blocks" in (a / "train.log").read_text()
+
+
+def test_compiled_embedding_backward_sums_repeated_ids_like_torchs():
+    """Compiled on the CPU, `Embedding`'s backward is our index_add_ op (not inductor's
+    atomic adds): it runs, and the table's gradient (ids repeated, some rows never read)
+    equals nn.Embedding's eager one; the state dict keeps nn.Embedding's name."""
+    torch.manual_seed(0)
+    table = Embedding(50, 8)
+    assert list(table.state_dict()) == ["weight"] and isinstance(table, torch.nn.Embedding)
+    ids = torch.randint(0, 20, (4, 32))  # rows 20..49 get no gradient
+    upstream = torch.randn(4, 32, 8)
+
+    def loss(fn):
+        table.weight.grad = None
+        (fn(ids) * upstream).sum().backward()
+        return table.weight.grad.clone()
+
+    eager = loss(table)
+    assert torch.equal(loss(lambda i: F.embedding(i, table.weight)), eager)
+    torch._dynamo.reset()
+    with torch.profiler.profile() as prof:
+        compiled = loss(torch.compile(table, fullgraph=True))
+    assert "golf::embedding_backward" in {e.key for e in prof.key_averages()}
+    _close(compiled, eager)
+    assert not compiled[20:].any()

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from golf_core.model.layers import CastedLinear
+from golf_core.model.layers import CastedLinear, Embedding
 
 # Both scripts build every Rotary with train_seq_len=1024: the base is NTK-scaled beyond it.
 ROPE_TRAIN_SEQ_LEN = 1024
@@ -164,7 +164,7 @@ class BigramHash(nn.Module):
     def __init__(self, rows: int, dim: int, model_dim: int) -> None:
         super().__init__()
         self.rows = rows
-        self.embed = nn.Embedding(rows, dim)
+        self.embed = Embedding(rows, dim)
         nn.init.zeros_(self.embed.weight)
         self.proj = CastedLinear(dim, model_dim, bias=False) if dim != model_dim else None
         if self.proj is not None:

@@ -27,6 +27,7 @@ from golf_core.model.layers import (
     CONTROL_PATTERNS,
     Block,
     CastedLinear,
+    Embedding,
     RMSNorm,
     fast_rms_norm,
     init_upstream_weights,
@@ -98,7 +99,7 @@ class GPT(nn.Module):
         self.num_encoder_layers = L // 2 if cfg.variant == "unet" else 0
         self.num_decoder_layers = L - L // 2 if cfg.variant == "unet" else 0
         self.num_skips = min(self.num_encoder_layers, self.num_decoder_layers)
-        self.tok_emb = nn.Embedding(cfg.vocab_size, d)
+        self.tok_emb = Embedding(cfg.vocab_size, d)
         self.skip_weights = None  # flat: no U-Net skips at all
         if self.num_skips:
             init = torch.ones if cfg.skip_init == "ones" else torch.zeros

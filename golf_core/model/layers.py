@@ -123,6 +123,48 @@ class CastedLinear(nn.Linear):
         return F.linear(x, weight.to(x.dtype), bias)
 
 
+@torch.library.custom_op("golf::embedding_backward", mutates_args=())
+def _embedding_backward(grad: Tensor, ids: Tensor, rows: int) -> Tensor:
+    """The gradient of an embedding table: grad's rows summed into `rows` table rows by id."""
+    d = grad.size(-1)
+    return grad.new_zeros((rows, d)).index_add_(0, ids.reshape(-1), grad.reshape(-1, d))
+
+
+@_embedding_backward.register_fake
+def _(grad, ids, rows):
+    return grad.new_empty((rows, grad.size(-1)))
+
+
+class _CompiledEmbedding(torch.autograd.Function):
+    """F.embedding whose backward is `index_add_`, opaque to inductor. Compiled, torch's
+    decomposition of the embedding backward becomes one atomic add per element (a
+    compare-and-swap loop each): 0.4-1.2 ms where index_add_ takes 0.08-0.14 at 4,096 tokens
+    (2 threads, Zen 4; benchmarks/README.md). Same sums, in token order."""
+
+    @staticmethod
+    def forward(ctx, weight: Tensor, ids: Tensor) -> Tensor:
+        ctx.save_for_backward(ids)
+        ctx.rows = weight.size(0)
+        return F.embedding(ids, weight)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        (ids,) = ctx.saved_tensors
+        return _embedding_backward(grad.contiguous(), ids, ctx.rows), None
+
+
+class Embedding(nn.Embedding):
+    """nn.Embedding (same state dict) whose backward, compiled on the CPU, is `index_add_`
+    (`_CompiledEmbedding`); eager, and everywhere else, it is nn.Embedding's own."""
+
+    def forward(self, ids: Tensor) -> Tensor:
+        if (torch.compiler.is_compiling() and self.weight.device.type == "cpu"
+                and self.padding_idx is None and self.max_norm is None
+                and not self.scale_grad_by_freq and not self.sparse):
+            return _CompiledEmbedding.apply(self.weight, ids)
+        return super().forward(ids)
+
+
 def zero_init(linear: CastedLinear) -> CastedLinear:
     """Flag an output projection for zero init (upstream `_zero_init`): each block starts as
     the identity on the residual stream."""

@@ -69,6 +69,7 @@ from golf_core.model.extras import (
 )
 from golf_core.model.layers import (
     CastedLinear,
+    Embedding,
     RMSNorm,
     causal_attention,
     rms_norm,
@@ -167,7 +168,7 @@ class ValueEmbedding(nn.Module):
 
     def __init__(self, vocab: int, dim: int, kv_dim: int) -> None:
         super().__init__()
-        self.embed = nn.Embedding(vocab, dim)
+        self.embed = Embedding(vocab, dim)
         nn.init.normal_(self.embed.weight, std=0.01)
         self.proj = CastedLinear(dim, kv_dim, bias=False) if dim != kv_dim else None
         if self.proj is not None:
@@ -328,7 +329,7 @@ class Model(RoutingTables, nn.Module):
         self.virtual_layers = len(self.v2p_recur)
         self._recurrence_active = False
 
-        self.tok_emb = nn.Embedding(cfg.vocab_size, d)
+        self.tok_emb = Embedding(cfg.vocab_size, d)
         self.bigram = None
         if cfg.bigram_vocab_size > 0:
             self.bigram = BigramHash(cfg.bigram_vocab_size, cfg.bigram_dim, d)

@@ -59,6 +59,7 @@ from golf_core.model.extras import (
 )
 from golf_core.model.layers import (
     CastedLinear,
+    Embedding,
     causal_attention,
     rms_norm,
     softcapped_head,
@@ -347,7 +348,7 @@ class Model(RoutingTables, nn.Module):
         d, (S, C, T) = cfg.model_dim, split(cfg)
         self.num_skips = min(S, T)
         # modules in the script's order: same RNG draws, so the same init under a seed
-        self.tok_emb = nn.Embedding(cfg.vocab_size, d)
+        self.tok_emb = Embedding(cfg.vocab_size, d)
         self.bigram = None
         if cfg.bigram_vocab_size > 0:
             self.bigram = BigramHash(cfg.bigram_vocab_size, cfg.bigram_dim, d)

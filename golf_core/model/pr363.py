@@ -45,6 +45,7 @@ from golf_core.model.layers import (
     MLP,
     CastedLinear,
     CausalSelfAttention,
+    Embedding,
     RMSNorm,
     apply_rotary_emb,
     causal_attention,
@@ -222,7 +223,7 @@ class Model(nn.Module):
         validate(cfg)
         self.cfg = cfg
         d, n, depth = cfg.model_dim, cfg.num_unique_blocks, cfg.effective_depth
-        self.tok_emb = nn.Embedding(cfg.vocab_size, d)
+        self.tok_emb = Embedding(cfg.vocab_size, d)
         self.num_encoder_layers = depth // 2
         self.num_decoder_layers = depth - self.num_encoder_layers
         num_skips = min(self.num_encoder_layers, self.num_decoder_layers)
@@ -237,7 +238,7 @@ class Model(nn.Module):
         if not cfg.tie_embeddings:
             self.lm_head = zero_init(CastedLinear(d, cfg.vocab_size, bias=False))
         self.block_schedule = [i % n for i in range(depth)]
-        self.bigram_emb = nn.Embedding(cfg.bigram_buckets, cfg.bigram_dim)
+        self.bigram_emb = Embedding(cfg.bigram_buckets, cfg.bigram_dim)
         self.bigram_proj = CastedLinear(cfg.bigram_dim, d, bias=False)
         for i in range(max(0, depth - cfg.xsa_last_n), depth):  # empty for xsa_last_n <= 0
             self.blocks[self.block_schedule[i]].attn.use_xsa = True  # per physical block

@@ -43,6 +43,7 @@ from golf_core.config import BASELINE_FIELDS, ModelConfig
 from golf_core.model.layers import (
     Block,
     CastedLinear,
+    Embedding,
     RMSNorm,
     init_upstream_weights,
     rms_norm,
@@ -144,7 +145,7 @@ class Model(nn.Module):
         self.num_encoder_layers = unique // 2
         self.num_decoder_layers = unique - self.num_encoder_layers
         # construction order = the script's, so one seed gives the script's init exactly
-        self.tok_emb = nn.Embedding(cfg.vocab_size, d)
+        self.tok_emb = Embedding(cfg.vocab_size, d)
         self.iter_embeds = None
         if self.use_recurrence:
             # psi_k, randn * 0.02 as PR #54; frozen: the script optimizes it in no group
