@@ -212,10 +212,11 @@ def _check_partition(model: nn.Module, optimizers: list[torch.optim.Optimizer]) 
 
 
 def _adam(params: list[Tensor], lr: float, tcfg: TrainConfig) -> torch.optim.Adam:
-    # fused on CUDA (upstream); on CPU the default foreach path, which every committed run
-    # used. torch's CPU fused Adam would save ~1.7 ms a step at most (PR #325's 3x3 at width
-    # 32, all 139 tensors in Adam, 2 threads: 1.30 vs 2.97 ms; in training Muon takes the
-    # matrices) and does not round as foreach does: not worth the runs' comparability.
+    # fused on CUDA (upstream); on CPU torch's default, its per-tensor loop (torch defaults to
+    # foreach only on CUDA-like devices), which every committed run used. torch's CPU fused
+    # Adam would save ~1.7 ms a step at most (PR #325's 3x3 at width 32, all 139 tensors in
+    # Adam, 2 threads: 1.30 vs 2.97 ms; in training Muon takes the matrices) and does not round
+    # as the loop does: not worth the runs' comparability.
     fused = bool(params) and all(p.is_cuda for p in params)
     return torch.optim.Adam(
         [{"params": params, "lr": lr, "base_lr": lr}],
