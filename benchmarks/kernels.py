@@ -15,6 +15,15 @@ so load from other processes hits both alike; the table gives the medians and th
 the JSON (benchmarks/results/<machine>_kernels.json) every sample. Where a kernel is not built
 (no C++ compiler) its rows say so and the reference alone is timed.
 
+Page faults are kept out (on glibc): glibc hands a freed buffer of a few MB back to the OS, so
+a loop that allocates the same large tensors each call (the 16 MB logits and their gradient in
+the cross-entropy reference) pays page faults that a compiled training step, whose buffers
+stay mapped, does not (PR #1204's at width 32 takes none; one 4.5 MB tensor filled fresh took
+1.5-1.9 ms here against ~0.2 ms reused). The benchmark asks glibc to keep
+freed memory (`mallopt`: no mmap below 32 MiB, no trimming), for both sides alike; the JSON
+says whether it could (`malloc`). Before session 14 it did not: the references' faults had
+lifted the cross-entropy kernel's speed-up to 3.5-4.8x, against ~3.4x without them.
+
 `--against REV` times our kernels against themselves as built from git revision REV (their
 csrc sources and headers at REV) instead of PyTorch's paths, alternating the two builds in
 one process, and says whether both gave the same bits. That is the A/B a kernel change needs
@@ -193,6 +202,19 @@ def rows_for(cases: tuple[str, ...], warmup: int, repeat: int,
     return rows
 
 
+def keep_freed_memory() -> str:
+    """Ask glibc to serve buffers below 32 MiB from its heap and never return freed memory to
+    the OS, so timings carry no page faults; says what it did."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's malloc.h
+        ok = (libc.mallopt(m_mmap_threshold, 32 << 20) == 1
+              and libc.mallopt(m_trim_threshold, 1 << 30) == 1)
+    except (OSError, AttributeError):
+        ok = False
+    return "glibc keeps freed memory" if ok else "default (not glibc)"
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.kernels", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -213,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
               f"--repeat {args.repeat} < 1 / --warmup {args.warmup} < 0", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    malloc = keep_freed_memory()
     load0 = os.getloadavg()
     try:
         rows = rows_for(cases, args.warmup, args.repeat, args.against)
@@ -222,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_info(torch.device("cpu"))
     result = {"machine": machine, "threads": torch.get_num_threads(), "dtype": "float32",
               "loadavg_before": load0, "loadavg_after": os.getloadavg(), "rows": rows,
-              "against": args.against or None}
+              "against": args.against or None, "malloc": malloc}
     kind = f"kernels-against-{re.sub(r'[^A-Za-z0-9._-]', '_', args.against)}" if (
         args.against) else "kernels"
     out = cpu_results_path(machine, kind, args.out)

@@ -310,6 +310,7 @@ def test_the_kernel_bench_against_a_revision_swaps_in_that_build_and_compares_th
     result = json.loads(out.read_text())
     row = result["rows"][0]
     assert result["against"] == "v0" and row["reference"] == "ours at v0"
+    assert result["malloc"] == "glibc keeps freed memory"  # no page faults in the timings
     assert row["identical"] is False and row["kernel_ms"] > 0 and row["reference_ms"] > 0
     assert softcap_ce_kernel._library() is not changed  # the swap ends with the call
     assert "identical" in capsys.readouterr().out
@@ -325,3 +326,4 @@ def test_the_kernel_bench_names_a_revision_it_cannot_read(capsys):
     err = capsys.readouterr().err
     assert err.startswith("benchmarks.kernels: --against no-such-rev: git cannot list")
     assert err.count("\n") == 1
+
