@@ -19,9 +19,9 @@ Page faults are kept out (on glibc): glibc hands a freed buffer of a few MB back
 a loop that allocates the same large tensors each call (the 16 MB logits and their gradient in
 the cross-entropy reference) pays page faults that a compiled training step, whose buffers
 stay mapped, does not (PR #1204's at width 32 takes none; one 4.5 MB tensor filled fresh took
-1.5-1.9 ms here against ~0.2 ms reused). The benchmark asks glibc to keep
-freed memory (`mallopt`: no mmap below 32 MiB, no trimming), for both sides alike; the JSON
-says whether it could (`malloc`). Before session 14 it did not: the references' faults had
+1.5-1.9 ms here against ~0.2 ms reused). The benchmark asks glibc to keep freed memory
+(`mallopt`: no mmap below 32 MiB, no trimming), for both sides alike; the JSON says whether it
+could (`malloc`). Before session 14 it did not: the references' faults had
 lifted the cross-entropy kernel's speed-up to 3.5-4.8x, against ~3.4x without them.
 
 `--against REV` times our kernels against themselves as built from git revision REV (their
@@ -212,7 +212,7 @@ def keep_freed_memory() -> str:
               and libc.mallopt(m_trim_threshold, 1 << 30) == 1)
     except (OSError, AttributeError):
         ok = False
-    return "glibc keeps freed memory" if ok else "default (not glibc)"
+    return "glibc keeps freed memory" if ok else "default (no glibc mallopt, or it refused)"
 
 
 def _parser() -> argparse.ArgumentParser:

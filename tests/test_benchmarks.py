@@ -326,4 +326,3 @@ def test_the_kernel_bench_names_a_revision_it_cannot_read(capsys):
     err = capsys.readouterr().err
     assert err.startswith("benchmarks.kernels: --against no-such-rev: git cannot list")
     assert err.count("\n") == 1
-
