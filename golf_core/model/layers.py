@@ -369,12 +369,13 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    """relu^2 MLP (upstream): proj(relu(fc(x))^2), hidden = mlp_mult * dim."""
+    """relu^2 MLP (upstream): proj(relu(fc(x))^2) through `hidden` units (upstream's scripts:
+    mlp_mult * dim; PR #325's float multiple: max(1, int(mult * dim)))."""
 
-    def __init__(self, dim: int, mlp_mult: int) -> None:
+    def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
-        self.fc = CastedLinear(dim, mlp_mult * dim, bias=False)
-        self.proj = zero_init(CastedLinear(mlp_mult * dim, dim, bias=False))
+        self.fc = CastedLinear(dim, hidden, bias=False)
+        self.proj = zero_init(CastedLinear(hidden, dim, bias=False))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.proj(torch.relu(self.fc(x)).square())
@@ -389,7 +390,7 @@ class Block(nn.Module):
         self.attn_norm = RMSNorm()
         self.mlp_norm = RMSNorm()
         self.attn = CausalSelfAttention(cfg)
-        self.mlp = MLP(d, cfg.mlp_mult)
+        self.mlp = MLP(d, cfg.mlp_mult * d)
         self.attn_scale = nn.Parameter(torch.ones(d))
         self.mlp_scale = nn.Parameter(torch.ones(d))
         self.resid_mix = nn.Parameter(torch.stack((torch.ones(d), torch.zeros(d))))

@@ -58,6 +58,7 @@ from golf_core.model.extras import (
     xsa,
 )
 from golf_core.model.layers import (
+    MLP,
     CastedLinear,
     Embedding,
     causal_attention,
@@ -201,17 +202,9 @@ class Attention(nn.Module):
         return self.proj(y.reshape(B, T, D))
 
 
-class MLP(nn.Module):
-    """relu^2 MLP with PR #325's float multiple: hidden = max(1, int(mult * dim))."""
-
-    def __init__(self, dim: int, mult: float) -> None:
-        super().__init__()
-        hidden = max(1, int(mult * dim))
-        self.fc = CastedLinear(dim, hidden, bias=False)
-        self.proj = zero_init(CastedLinear(hidden, dim, bias=False))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.proj(torch.relu(self.fc(x)).square())
+def _mlp(dim: int, mult: float) -> MLP:
+    """Upstream's relu^2 MLP at PR #325's float multiple: hidden = max(1, int(mult * dim))."""
+    return MLP(dim, max(1, int(mult * dim)))
 
 
 class Block(nn.Module):
@@ -220,7 +213,7 @@ class Block(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         d = cfg.model_dim
-        self.attn, self.mlp = Attention(cfg), MLP(d, cfg.mlp_mult)
+        self.attn, self.mlp = Attention(cfg), _mlp(d, cfg.mlp_mult)
         self.attn_scale = nn.Parameter(torch.ones(d))
         self.mlp_scale = nn.Parameter(torch.ones(d))
         self.resid_mix = nn.Parameter(torch.stack((torch.ones(d), torch.zeros(d))))
@@ -238,7 +231,7 @@ class RefinementBlock(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         d, has_mlp = cfg.model_dim, cfg.refine_mlp_mult > 0
-        self.mlp = MLP(d, cfg.refine_mlp_mult) if has_mlp else None
+        self.mlp = _mlp(d, cfg.refine_mlp_mult) if has_mlp else None
         self.local_mix_gate = nn.Parameter(torch.zeros(d))  # there even when the mix is off
         self.enable_local_mix = cfg.refine_local_mix
         self.mlp_scale = nn.Parameter(torch.ones(d)) if has_mlp else None

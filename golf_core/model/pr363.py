@@ -172,7 +172,7 @@ class RecurrentBlock(nn.Module):
         self.attn_norm = RMSNorm()
         self.mlp_norm = RMSNorm()
         self.attn = DeltaAttention(cfg)
-        self.mlp = MLP(d, cfg.mlp_mult)
+        self.mlp = MLP(d, cfg.mlp_mult * d)
         self.attn_scale = nn.Parameter(torch.ones(d))
         self.mlp_scale = nn.Parameter(torch.ones(d))
         self.resid_mix = nn.Parameter(torch.stack((torch.ones(d), torch.zeros(d))))
